@@ -1,0 +1,418 @@
+//! The one trait a device author implements: [`DevicePlugin`], created by a
+//! [`PluginFactory`] from the device's entry in `connector.yaml`.
+//!
+//! A plugin never sees sockets, actors or the wire format: it gets commands as
+//! [`Message`]s, returns a [`Reply`], and emits events through an [`EventSink`]
+//! it may clone into its own threads or timers.
+//!
+//! # Example
+//!
+//! ```
+//! use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, Reply};
+//! use connector_core::Message;
+//! use serde::Deserialize;
+//!
+//! /// Settings of one thermostat, read from the device's `settings:` in the config.
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Settings {
+//!     target: f64,
+//! }
+//!
+//! struct Thermostat {
+//!     target: f64,
+//!     events: Option<EventSink>,
+//! }
+//!
+//! impl DevicePlugin for Thermostat {
+//!     fn start(&mut self, events: EventSink) -> Result<(), PluginError> {
+//!         // Report the initial state; a real device might start a polling thread here.
+//!         events.emit("target", self.target.to_string())?;
+//!         self.events = Some(events);
+//!         Ok(())
+//!     }
+//!
+//!     fn command(&mut self, command: &Message) -> Result<Reply, PluginError> {
+//!         match command.endpoint.as_str() {
+//!             "get" => Ok(Reply::body(self.target.to_string())),
+//!             "set" => {
+//!                 self.target = command.payload.trim().parse().map_err(|_| {
+//!                     PluginError::new(format!("not a number: {:?}", command.payload))
+//!                 })?;
+//!                 Ok(Reply::body("ok"))
+//!             }
+//!             other => Err(PluginError::new(format!("unknown endpoint {other:?}"))),
+//!         }
+//!     }
+//! }
+//!
+//! fn create(spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+//!     let settings: Settings = spec.settings()?;
+//!     Ok(Box::new(Thermostat { target: settings.target, events: None }))
+//! }
+//!
+//! // What the runtime does with it, in short:
+//! let spec = DeviceSpec::new("t1", "thermostat", "Hall")
+//!     .with_settings(serde_json::json!({"target": 21.0}));
+//! let mut device = create(&spec).unwrap();
+//! let (sink, events) = EventSink::channel("t1");
+//! device.start(sink).unwrap();
+//! assert_eq!(events.try_recv().unwrap().payload, "21");
+//! let command = Message { device_id: "t1".into(), endpoint: "get".into(), task_id: "1".into(), ..Message::default() };
+//! assert_eq!(device.command(&command).unwrap().body, "21");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::model::{Device, Message};
+
+/// What went wrong inside a plugin. The runtime logs it with the device id
+/// and, for a command, answers the platform with the error text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PluginError {
+    pub message: String,
+}
+
+impl PluginError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PluginError {
+            message: message.into(),
+        }
+    }
+}
+
+/// The answer to a command. The runtime turns it into a `response:` frame
+/// that keeps the command's task id and every other field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// `payload_header` of the response, often empty.
+    pub header: String,
+    /// `payload` of the response.
+    pub body: String,
+}
+
+impl Reply {
+    pub fn body(body: impl Into<String>) -> Self {
+        Reply {
+            header: String::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn with_header(mut self, header: impl Into<String>) -> Self {
+        self.header = header.into();
+        self
+    }
+}
+
+/// One device's entry from `connector.yaml`, as its plugin is given it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub device: Device,
+    /// Name of the plugin that drives the device.
+    pub plugin: String,
+    /// The free `settings:` mapping, as JSON so that plugin libraries can take it too.
+    pub settings: serde_json::Value,
+    /// Where the entry stands, for error messages (`connector.yaml:12`).
+    pub origin: Option<String>,
+}
+
+impl DeviceSpec {
+    pub fn new(id: impl Into<String>, device_type: impl Into<String>, name: impl Into<String>) -> Self {
+        DeviceSpec {
+            device: Device::new(id, device_type, name),
+            plugin: String::new(),
+            settings: serde_json::Value::Object(Default::default()),
+            origin: None,
+        }
+    }
+
+    pub fn with_plugin(mut self, plugin: impl Into<String>) -> Self {
+        self.plugin = plugin.into();
+        self
+    }
+
+    pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.device.id
+    }
+
+    /// The spec of a device declared in `connector.yaml`.
+    pub fn from_config(config: &crate::config::DeviceConfig) -> Self {
+        DeviceSpec {
+            device: config.device(),
+            plugin: config.plugin.clone(),
+            settings: config.settings.clone(),
+            origin: config.line.map(|line| format!("declared at line {line}")),
+        }
+    }
+
+    /// Deserializes `settings` into the plugin's own type. A mismatch names the
+    /// device, where it is declared, and the key path that did not fit.
+    pub fn settings<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
+        // `null` (no settings at all) reads as an empty mapping so that a
+        // settings type with only defaults needs no `settings: {}` line.
+        let value = match &self.settings {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                "settings".to_owned()
+            } else {
+                format!("settings.{path}")
+            };
+            let origin = self.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+            PluginError::new(format!("device {:?}{origin}: `{key}`: {}", self.device.id, e.inner()))
+        })
+    }
+}
+
+/// Why an event could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    /// The device was stopped; events after that have nowhere to go.
+    #[error("device {0:?} is stopped; the event was not accepted")]
+    Stopped(String),
+}
+
+impl From<EmitError> for PluginError {
+    fn from(e: EmitError) -> Self {
+        PluginError::new(e.to_string())
+    }
+}
+
+type EmitFn = dyn Fn(Message) -> Result<(), EmitError> + Send + Sync;
+
+/// Sends a device's events to the platform. Cheap to clone and usable from
+/// any thread; the device id is filled in for the plugin.
+#[derive(Clone)]
+pub struct EventSink {
+    device_id: Arc<str>,
+    emit: Arc<EmitFn>,
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSink").field("device_id", &self.device_id).finish()
+    }
+}
+
+impl EventSink {
+    /// A sink that hands each event to `emit`; the runtime builds these.
+    pub fn new(
+        device_id: impl Into<Arc<str>>,
+        emit: impl Fn(Message) -> Result<(), EmitError> + Send + Sync + 'static,
+    ) -> Self {
+        EventSink {
+            device_id: device_id.into(),
+            emit: Arc::new(emit),
+        }
+    }
+
+    /// A sink feeding a channel, for tests and for driving a plugin by hand.
+    pub fn channel(device_id: &str) -> (EventSink, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel();
+        let id = device_id.to_owned();
+        let sink = EventSink::new(device_id, move |m| {
+            tx.send(m).map_err(|_| EmitError::Stopped(id.clone()))
+        });
+        (sink, rx)
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Emits an event with an endpoint and a body.
+    pub fn emit(&self, endpoint: impl Into<String>, body: impl Into<String>) -> Result<(), EmitError> {
+        self.send(Message::event(self.device_id.as_ref(), endpoint, body))
+    }
+
+    /// Emits a whole message; its device id is set to this device's and its
+    /// task id cleared, so it always leaves as an event.
+    pub fn send(&self, mut message: Message) -> Result<(), EmitError> {
+        if message.device_id != *self.device_id {
+            message.device_id = self.device_id.to_string();
+        }
+        message.task_id.clear();
+        (self.emit)(message)
+    }
+}
+
+/// A device driver. One instance drives one device, inside its own actor, so
+/// `&mut self` needs no locking. Methods run on the runtime's threads: return
+/// quickly, and move slow polling to a thread of your own that emits through
+/// the [`EventSink`].
+pub trait DevicePlugin: Send + 'static {
+    /// The device starts (also after a restart). Keep the sink to emit events.
+    fn start(&mut self, events: EventSink) -> Result<(), PluginError> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// A command for this device: endpoint, header, body and the rest of the
+    /// message. The reply goes back to the platform with the command's task id.
+    fn command(&mut self, command: &Message) -> Result<Reply, PluginError>;
+
+    /// The device stops; stop threads and timers started in `start`.
+    fn stop(&mut self) {}
+}
+
+/// Makes plugins of one kind, named in the config's `plugin:` key.
+pub trait PluginFactory: Send + Sync + 'static {
+    fn create(&self, spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError>;
+}
+
+impl<F> PluginFactory for F
+where
+    F: Fn(&DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> + Send + Sync + 'static,
+{
+    fn create(&self, spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+        self(spec)
+    }
+}
+
+/// The plugins a runtime knows by name: built-in ones, a program's own, and
+/// those loaded from libraries.
+#[derive(Clone, Default)]
+pub struct PluginRegistry {
+    factories: BTreeMap<String, Arc<dyn PluginFactory>>,
+}
+
+impl fmt::Debug for PluginRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.factories.keys()).finish()
+    }
+}
+
+impl PluginRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a plugin under `name`, replacing one of the same name.
+    pub fn register(&mut self, name: impl Into<String>, factory: impl PluginFactory) -> &mut Self {
+        self.factories.insert(name.into(), Arc::new(factory));
+        self
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Creates the plugin a device asks for; an unknown name lists the known ones.
+    pub fn create(&self, spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+        match self.factories.get(&spec.plugin) {
+            Some(factory) => factory.create(spec),
+            None => Err(PluginError::new(format!(
+                "device {:?}: no plugin named {:?} (known: {})",
+                spec.id(),
+                spec.plugin,
+                self.names().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Settings {
+        interval_ms: u64,
+        #[serde(default)]
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        level: u8,
+    }
+
+    #[test]
+    fn settings_that_do_not_fit_name_the_device_and_the_key() {
+        let spec = |settings| DeviceSpec {
+            origin: Some("connector.yaml:7".into()),
+            ..DeviceSpec::new("lamp-1", "lamp", "Lamp").with_settings(settings)
+        };
+        let table = [
+            (
+                serde_json::json!({"interval_ms": "fast"}),
+                "`settings.interval_ms`: invalid type: string",
+            ),
+            (
+                serde_json::json!({"interval_ms": 1, "inner": {"level": 300}}),
+                "`settings.inner.level`",
+            ),
+            (
+                serde_json::json!({"interval_ms": 1, "colour": 2}),
+                "unknown field `colour`",
+            ),
+            (serde_json::json!({}), "missing field `interval_ms`"),
+            (serde_json::Value::Null, "missing field `interval_ms`"),
+        ];
+        for (settings, fragment) in table {
+            let err = spec(settings).settings::<Settings>().unwrap_err().to_string();
+            assert!(err.starts_with("device \"lamp-1\" (connector.yaml:7): "), "{err}");
+            assert!(err.contains(fragment), "{err} lacks {fragment}");
+        }
+    }
+
+    struct Echo;
+    impl DevicePlugin for Echo {
+        fn command(&mut self, command: &Message) -> Result<Reply, PluginError> {
+            Ok(Reply::body(command.payload.clone()))
+        }
+    }
+
+    #[test]
+    fn the_registry_creates_plugins_by_name_and_lists_the_known_ones_otherwise() {
+        let mut registry = PluginRegistry::new();
+        registry.register("echo", |_: &DeviceSpec| Ok(Box::new(Echo) as Box<dyn DevicePlugin>));
+        let spec = DeviceSpec::new("d", "t", "n").with_plugin("echo");
+        let mut plugin = registry.create(&spec).unwrap();
+        let command = Message {
+            payload: "hi".into(),
+            ..Message::default()
+        };
+        assert_eq!(plugin.command(&command).unwrap().body, "hi");
+        let err = registry.create(&spec.with_plugin("lamp")).err().unwrap().to_string();
+        assert_eq!(err, "device \"d\": no plugin named \"lamp\" (known: echo)");
+    }
+
+    #[test]
+    fn the_sink_stamps_the_device_id_and_never_sends_a_task_id() {
+        let (sink, rx) = EventSink::channel("dev");
+        let sneaky = Message {
+            device_id: "other".into(),
+            task_id: "t".into(),
+            ..Message::default()
+        };
+        sink.send(sneaky).unwrap();
+        let got = rx.recv().unwrap();
+        assert_eq!((got.device_id.as_str(), got.task_id.as_str()), ("dev", ""));
+        drop(rx);
+        assert_eq!(sink.emit("e", "b"), Err(EmitError::Stopped("dev".into())));
+    }
+}
