@@ -30,6 +30,7 @@ pub(crate) async fn ws_handler(
     body: web::Payload,
     shared: web::Data<Arc<Shared>>,
 ) -> actix_web::Result<HttpResponse> {
+    let body = end_is_not_an_error(&req, body).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let max = shared.config.max_frame_size;
     let stream = stream
@@ -44,6 +45,25 @@ pub(crate) async fn ws_handler(
         run(shared, session, stream, abort, socket, peer).await;
     });
     Ok(response)
+}
+
+/// On an upgraded connection the peer closing its side is the normal end of
+/// the byte stream, but actix-http reports it as an `Incomplete` payload
+/// error, and actix-ws returns that error at once, dropping the frames it
+/// has buffered but not decoded yet. Ending the stream instead lets every
+/// frame that arrived be decoded first.
+async fn end_is_not_an_error(req: &HttpRequest, body: web::Payload) -> actix_web::Result<web::Payload> {
+    use actix_web::error::PayloadError;
+    use actix_web::FromRequest;
+    use futures_util::StreamExt;
+
+    let until_end = body.take_while(|item| {
+        std::future::ready(!matches!(item, Err(PayloadError::Incomplete(_))))
+    });
+    type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>>;
+    let chunks: Chunks = Box::pin(until_end);
+    let mut payload = actix_web::dev::Payload::Stream { payload: chunks };
+    web::Payload::from_request(req, &mut payload).await
 }
 
 fn wrap_response(response: HttpResponse) -> (HttpResponse, AbortHandle) {

@@ -309,3 +309,21 @@ async fn drop_also_closes_a_session_that_has_not_authenticated() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+#[actix_rt::test]
+async fn frames_followed_at_once_by_the_end_of_the_connection_are_all_counted() {
+    // A peer that writes its last frames and closes its side right away: the
+    // frames are in the simulator's buffer when it reads the end of stream,
+    // and none may be lost.
+    let sim = start().await;
+    let mut raw = raw_login(&sim).await;
+    let frames: Vec<String> = (0..2000).map(|i| change_frame("d", &i.to_string())).collect();
+    raw.send_texts(&frames).await.unwrap();
+    raw.shutdown_write().await.unwrap();
+    let counters = eventually("the session to end", || async {
+        let c = sim.counters().await;
+        (c.sessions_closed == 1).then_some(c)
+    })
+    .await;
+    assert_eq!(counters.changes, 2000, "{counters:?}");
+}

@@ -58,6 +58,21 @@ impl RawWs {
         self.send(super::frames::TEXT, text.as_bytes()).await
     }
 
+    /// Writes many text frames in one write, as a busy peer's kernel would
+    /// deliver them.
+    pub async fn send_texts(&mut self, texts: &[String]) -> io::Result<()> {
+        let mut out = Vec::new();
+        for text in texts {
+            encode_masked(&mut out, super::frames::TEXT, text.as_bytes(), [1, 2, 3, 4]);
+        }
+        self.stream.write_all(&out).await
+    }
+
+    /// Ends the write half (FIN) without a close frame.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await
+    }
+
     /// Reads the next frame, waiting at most `timeout` (panics after it).
     pub async fn read(&mut self, timeout: Duration) -> Read {
         let deadline = tokio::time::Instant::now() + timeout;
