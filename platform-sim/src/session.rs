@@ -57,9 +57,7 @@ async fn end_is_not_an_error(req: &HttpRequest, body: web::Payload) -> actix_web
     use actix_web::FromRequest;
     use futures_util::StreamExt;
 
-    let until_end = body.take_while(|item| {
-        std::future::ready(!matches!(item, Err(PayloadError::Incomplete(_))))
-    });
+    let until_end = body.take_while(|item| std::future::ready(!matches!(item, Err(PayloadError::Incomplete(_)))));
     type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>>;
     let chunks: Chunks = Box::pin(until_end);
     let mut payload = actix_web::dev::Payload::Stream { payload: chunks };
