@@ -1,0 +1,225 @@
+//! [`Connector`]: the library API, the seed's `Connector` in Rust form. Start
+//! it from a [`Config`], then `send`, `receive`, `register`, `unregister` and
+//! `subscribe`; the actors behind it keep the link alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use connector_core::config::Config;
+use connector_core::plugin::{DeviceSpec, PluginError, PluginRegistry};
+use connector_core::{Device, Message as PlatformMessage};
+use tokio::sync::{broadcast, mpsc};
+use tracing::info;
+
+use crate::connection::{ConnectionActor, LinkSettings, Shutdown};
+use crate::device::{enqueue, DeviceActor};
+use crate::lifecycle::{Events, Lifecycle, Stats};
+use crate::outbox::{Outbox, OutboxHandle};
+use crate::registry::{
+    AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, RemoveDevice, Route, StopAll,
+};
+
+/// How many commands for program-handled devices wait for `receive()` before
+/// further ones are answered with an error.
+const PROGRAM_QUEUE: usize = 10_000;
+/// How long a shutdown waits for the buffer to drain by default.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a connector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] connector_core::config::ConfigError),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the runtime stopped while starting: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// Why `send` did not accept a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the outgoing buffer is full and its policy is drop_newest; the message was dropped")]
+    BufferFull,
+}
+
+/// A running connector. Must be created inside an actix system (for example
+/// under `#[actix_rt::main]`); its methods may be called from any task.
+pub struct Connector {
+    connection: Addr<ConnectionActor>,
+    registry: Addr<RegistryActor>,
+    outbox: OutboxHandle,
+    events: Events,
+    commands: tokio::sync::Mutex<mpsc::Receiver<PlatformMessage>>,
+}
+
+/// Starts a [`Connector`] with the built-in plugins plus any added here.
+pub struct ConnectorBuilder {
+    config: Config,
+    plugins: PluginRegistry,
+}
+
+impl ConnectorBuilder {
+    /// Adds a compiled-in plugin under `name`, for the config's `plugin:` key.
+    pub fn plugin(mut self, name: impl Into<String>, factory: impl connector_core::plugin::PluginFactory) -> Self {
+        self.plugins.register(name, factory);
+        self
+    }
+
+    /// Replaces the whole set of plugins.
+    pub fn plugins(mut self, plugins: PluginRegistry) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// Checks the config, starts the link and one actor per configured device.
+    /// Every device's plugin must be known before anything starts.
+    pub async fn start(self) -> Result<Connector, StartError> {
+        let ConnectorBuilder { config, plugins } = self;
+        config.validate()?;
+        let specs: Vec<DeviceSpec> = config.devices.iter().map(DeviceSpec::from_config).collect();
+        for spec in &specs {
+            if !plugins.contains(&spec.plugin) {
+                let known: Vec<&str> = plugins.names().collect();
+                let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+                return Err(PluginError::new(format!(
+                    "device {:?}{origin}: no plugin named {:?} (known: {})",
+                    spec.id(),
+                    spec.plugin,
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+        let platform = &config.platform;
+        let events = Events::new();
+        let buffer = &platform.buffer;
+        let outbox = OutboxHandle::new(Outbox::new(buffer.max_frames, buffer.max_bytes, buffer.overflow));
+        let (program_tx, program_rx) = mpsc::channel(PROGRAM_QUEUE);
+        let registry = RegistryActor::new(
+            RegistrySettings {
+                registration_path: config.registration_path().to_owned(),
+                credentials: config.credentials(),
+                backoff_initial: platform.backoff.initial(),
+                backoff_max: platform.backoff.max(),
+            },
+            outbox.clone(),
+            events.clone(),
+            program_tx,
+        )
+        .start();
+        let plugins = Arc::new(plugins);
+        for spec in specs {
+            let device = spec.device.clone();
+            let actor = DeviceActor::new(spec, plugins.clone(), outbox.clone(), events.clone()).start();
+            registry
+                .send(AddDevice {
+                    device,
+                    route: Route::Actor(actor),
+                })
+                .await??;
+        }
+        let link = LinkSettings {
+            lookup_url: config.lookup_url(),
+            https: platform.https,
+            credentials: config.credentials(),
+            ping_interval: platform.ping_interval(),
+            pong_timeout: platform.pong_timeout(),
+            max_frame_bytes: platform.max_frame_bytes,
+            backoff_initial: platform.backoff.initial(),
+            backoff_max: platform.backoff.max(),
+        };
+        let connection = ConnectionActor::new(link, outbox.clone(), events.clone(), registry.clone()).start();
+        info!(devices = config.devices.len(), "connector started");
+        Ok(Connector {
+            connection,
+            registry,
+            outbox,
+            events,
+            commands: tokio::sync::Mutex::new(program_rx),
+        })
+    }
+}
+
+impl Connector {
+    /// A builder with the built-in plugins (`echo`, ...).
+    pub fn builder(config: Config) -> ConnectorBuilder {
+        ConnectorBuilder {
+            config,
+            plugins: connector_plugins::builtin(),
+        }
+    }
+
+    /// Starts a connector with the built-in plugins.
+    pub async fn start(config: Config) -> Result<Connector, StartError> {
+        Connector::builder(config).start().await
+    }
+
+    /// Sends a message to the platform: a reply when it carries a task id, an
+    /// event otherwise. It waits in the buffer while the link is down.
+    pub fn send(&self, message: PlatformMessage) -> Result<(), SendError> {
+        if enqueue(&self.outbox, &self.events, &message) {
+            Ok(())
+        } else {
+            Err(SendError::BufferFull)
+        }
+    }
+
+    /// Waits for the next command for a device this program registered with
+    /// [`register`](Self::register). `None` once the connector is gone.
+    pub async fn receive(&self) -> Option<PlatformMessage> {
+        self.commands.lock().await.recv().await
+    }
+
+    /// Registers a device this program handles itself: its commands come out
+    /// of [`receive`](Self::receive).
+    pub async fn register(&self, device: Device) -> Result<(), RegistryError> {
+        self.registry
+            .send(AddDevice {
+                device,
+                route: Route::Program,
+            })
+            .await
+            .unwrap_or_else(|_| Err(RegistryError::Unknown("(connector stopped)".into())))
+    }
+
+    /// Removes a device, whichever way it was added, and unregisters it.
+    pub async fn unregister(&self, device: &Device) -> Result<(), RegistryError> {
+        self.registry
+            .send(RemoveDevice { id: device.id.clone() })
+            .await
+            .unwrap_or_else(|_| Err(RegistryError::Unknown(device.id.clone())))
+    }
+
+    /// Lifecycle events from now on (connected, disconnected, registered, ...).
+    pub fn subscribe(&self) -> broadcast::Receiver<Lifecycle> {
+        self.events.subscribe()
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.events.stats
+    }
+
+    /// Frames and bytes waiting in the outgoing buffer.
+    pub fn buffered(&self) -> (usize, usize) {
+        let outbox = self.outbox.lock();
+        (outbox.len(), outbox.bytes())
+    }
+
+    /// Every device and whether the platform has it registered.
+    pub async fn devices(&self) -> Vec<DeviceStatus> {
+        self.registry.send(ListDevices).await.unwrap_or_default()
+    }
+
+    /// Stops the devices, sends what is buffered while the link is up (for at
+    /// most `flush_timeout`), closes the session and stops the actors.
+    pub async fn shutdown(self, flush_timeout: Duration) {
+        let _ = self.registry.send(StopAll).await;
+        let _ = self.connection.send(Shutdown { flush_timeout }).await;
+        info!("connector stopped");
+    }
+}

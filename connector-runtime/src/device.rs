@@ -1,0 +1,260 @@
+//! [`DeviceActor`]: one actor per device, driving that device's plugin.
+//!
+//! The actor is its plugin's supervisor. A plugin that returns an error
+//! answers that command with the error; one that panics is dropped and
+//! created anew after a back-off, and after too many restarts in a short
+//! window the device is stopped and reported. actix's own `Supervisor` is not
+//! used because it restarts for as long as an address exists and so cannot
+//! give up on a device.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use connector_core::backoff::Backoff;
+use connector_core::codec::{self, FrameKind};
+use connector_core::plugin::{DevicePlugin, DeviceSpec, EmitError, EventSink, PluginRegistry, Reply};
+use connector_core::Message as PlatformMessage;
+use tracing::{error, info, warn};
+
+use crate::lifecycle::{Events, Lifecycle, Stats};
+use crate::outbox::{Frame, OutboxHandle};
+
+/// Restart delays of a crashing plugin: quick at first, never a hot loop.
+const RESTART_INITIAL: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// More restarts than this within [`RESTART_WINDOW`] stop the device for good.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// A command for this device, routed here by the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceCommand(pub PlatformMessage);
+
+/// Stops the device: its plugin is told, and its events are refused after.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDevice;
+
+/// Unix seconds now, the `time` of frames that carry none.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Encodes a message and hands it to the buffer, counting and reporting
+/// what the bound gave up. Shared by devices, event sinks and the library API.
+pub fn enqueue(outbox: &OutboxHandle, events: &Events, message: &PlatformMessage) -> bool {
+    let frame = Frame::new(FrameKind::of(message), codec::encode_message(message, unix_now()));
+    enqueue_frame(outbox, events, frame)
+}
+
+/// Hands an encoded frame to the buffer; see [`enqueue`].
+pub fn enqueue_frame(outbox: &OutboxHandle, events: &Events, frame: Frame) -> bool {
+    let pushed = outbox.push(frame);
+    if pushed.dropped > 0 {
+        events.stats.frames_dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
+        if pushed.burst_started {
+            warn!(
+                dropped = pushed.dropped,
+                "outgoing buffer full: frames are being dropped until it drains (logged once per burst)"
+            );
+        }
+        events.publish(Lifecycle::MessagesDropped {
+            count: pushed.dropped,
+            reason: "outgoing buffer full".into(),
+        });
+    }
+    pushed.accepted
+}
+
+/// The answer the platform gets when a device cannot handle a command, so
+/// the task does not wait forever.
+pub fn error_reply(command: &PlatformMessage, reason: &str) -> PlatformMessage {
+    command.reply("", serde_json::json!({ "error": reason }).to_string())
+}
+
+/// Drives one device's plugin; see the module docs.
+pub struct DeviceActor {
+    spec: DeviceSpec,
+    plugins: Arc<PluginRegistry>,
+    plugin: Option<Box<dyn DevicePlugin>>,
+    outbox: OutboxHandle,
+    events: Events,
+    /// Cleared when a plugin instance is dropped, so its event sink (which may
+    /// live on in the plugin's threads) refuses events from then on.
+    accepting: Arc<AtomicBool>,
+    backoff: Backoff,
+    restarts: Vec<Instant>,
+    failed: Option<String>,
+}
+
+impl DeviceActor {
+    pub fn new(spec: DeviceSpec, plugins: Arc<PluginRegistry>, outbox: OutboxHandle, events: Events) -> Self {
+        DeviceActor {
+            spec,
+            plugins,
+            plugin: None,
+            outbox,
+            events,
+            accepting: Arc::new(AtomicBool::new(false)),
+            backoff: Backoff::new(RESTART_INITIAL, RESTART_MAX),
+            restarts: Vec::new(),
+            failed: None,
+        }
+    }
+
+    fn id(&self) -> &str {
+        self.spec.id()
+    }
+
+    fn sink(&self) -> EventSink {
+        let (outbox, events, accepting) = (self.outbox.clone(), self.events.clone(), self.accepting.clone());
+        let id = self.spec.id().to_owned();
+        EventSink::new(self.spec.id(), move |message| {
+            if !accepting.load(Ordering::Acquire) {
+                return Err(EmitError::Stopped(id.clone()));
+            }
+            enqueue(&outbox, &events, &message);
+            Ok(())
+        })
+    }
+
+    /// Creates and starts the plugin; a failure or panic schedules a restart.
+    fn launch(&mut self, ctx: &mut Context<Self>) {
+        self.accepting = Arc::new(AtomicBool::new(true));
+        let sink = self.sink();
+        let (plugins, spec) = (self.plugins.clone(), &self.spec);
+        let started = catch_unwind(AssertUnwindSafe(|| {
+            let mut plugin = plugins.create(spec)?;
+            plugin.start(sink)?;
+            Ok::<_, connector_core::plugin::PluginError>(plugin)
+        }));
+        match started {
+            Ok(Ok(plugin)) => {
+                self.plugin = Some(plugin);
+                info!(device_id = %self.id(), plugin = %self.spec.plugin, "device started");
+                self.events.publish(Lifecycle::DeviceStarted {
+                    device: self.id().to_owned(),
+                });
+            }
+            Ok(Err(e)) => self.crashed(format!("start failed: {e}"), ctx),
+            Err(panic) => self.crashed(format!("panicked on start: {}", panic_text(&panic)), ctx),
+        }
+    }
+
+    /// Drops the plugin instance after a failure and schedules a new one.
+    fn crashed(&mut self, reason: String, ctx: &mut Context<Self>) {
+        Stats::bump(&self.events.stats.plugin_errors);
+        self.retire_plugin();
+        let now = Instant::now();
+        self.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if self.restarts.len() >= MAX_RESTARTS {
+            error!(device_id = %self.id(), %reason, restarts = self.restarts.len(), "device failed too often; stopped");
+            self.failed = Some(reason.clone());
+            self.events.publish(Lifecycle::DeviceFailed {
+                device: self.id().to_owned(),
+                reason,
+            });
+            return;
+        }
+        if self.restarts.is_empty() {
+            // No failure within the window: this one starts the delays over,
+            // so a device that fails now and then never drifts to long waits.
+            self.backoff.reset();
+        }
+        self.restarts.push(now);
+        let delay = self.backoff.next_delay();
+        error!(device_id = %self.id(), %reason, restart_in_ms = delay.as_millis() as u64, "device plugin failed; restarting");
+        Stats::bump(&self.events.stats.device_restarts);
+        self.events.publish(Lifecycle::DeviceRestarted {
+            device: self.id().to_owned(),
+            reason,
+        });
+        ctx.run_later(delay, |act, ctx| act.launch(ctx));
+    }
+
+    /// Stops and drops the current plugin instance, containing any panic.
+    fn retire_plugin(&mut self) {
+        self.accepting.store(false, Ordering::Release);
+        if let Some(mut plugin) = self.plugin.take() {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| plugin.stop())) {
+                warn!(device_id = %self.id(), "plugin panicked while stopping: {}", panic_text(&panic));
+            }
+            // Dropping runs the plugin's own code too.
+            if catch_unwind(AssertUnwindSafe(move || drop(plugin))).is_err() {
+                warn!(device_id = %self.id(), "plugin panicked while being dropped");
+            }
+        }
+    }
+
+    fn respond(&self, reply: PlatformMessage) {
+        enqueue(&self.outbox, &self.events, &reply);
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+impl Actor for DeviceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.launch(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.retire_plugin();
+        info!(device_id = %self.id(), "device stopped");
+        self.events.publish(Lifecycle::DeviceStopped {
+            device: self.id().to_owned(),
+        });
+    }
+}
+
+impl Handler<DeviceCommand> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, DeviceCommand(command): DeviceCommand, ctx: &mut Self::Context) {
+        let Some(plugin) = self.plugin.as_mut() else {
+            let reason = match &self.failed {
+                Some(why) => format!("device {} is stopped after repeated failures: {why}", self.id()),
+                None => format!("device {} is restarting", self.id()),
+            };
+            warn!(device_id = %self.id(), task_id = %command.task_id, "command answered with an error: {reason}");
+            return self.respond(error_reply(&command, &reason));
+        };
+        match catch_unwind(AssertUnwindSafe(|| plugin.command(&command))) {
+            Ok(Ok(Reply { header, body })) => self.respond(command.reply(header, body)),
+            Ok(Err(e)) => {
+                Stats::bump(&self.events.stats.plugin_errors);
+                warn!(device_id = %self.id(), task_id = %command.task_id, endpoint = %command.endpoint, "command failed: {e}");
+                self.respond(error_reply(&command, &e.message));
+            }
+            Err(panic) => {
+                let reason = format!("panicked on command {:?}: {}", command.endpoint, panic_text(&panic));
+                self.respond(error_reply(&command, &reason));
+                self.crashed(reason, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<StopDevice> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,22 @@
+//! The SEPL connector runtime: the actors that keep a gateway's devices
+//! connected to the platform, and the [`Connector`] library API over them.
+//!
+//! # Layout
+//! - [`connector`]: [`Connector`], start it from a config and use it like the
+//!   seed's client (`send`, `receive`, `register`, `unregister`, `subscribe`).
+//! - [`connection`]: `ConnectionActor`, the platform link (lookup, handshake,
+//!   ping, reconnect, writer).
+//! - [`registry`]: `RegistryActor`, device (un)registration and command routing.
+//! - [`device`]: `DeviceActor`, one per device, supervising its plugin.
+//! - [`outbox`]: the bounded, ordered outgoing buffer.
+//! - [`lifecycle`]: lifecycle events and counters.
+
+pub mod connection;
+pub mod connector;
+pub mod device;
+pub mod lifecycle;
+pub mod outbox;
+pub mod registry;
+
+pub use connector::{Connector, ConnectorBuilder, SendError, StartError};
+pub use lifecycle::{Events, Lifecycle, Stats};

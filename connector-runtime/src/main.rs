@@ -1,0 +1,169 @@
+//! The `connector-runtime` binary: reads `connector.yaml`, connects the
+//! declared devices to the platform and keeps them connected until Ctrl-C or
+//! SIGTERM. `--embedded-platform` brings its own platform simulator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use connector_core::config::Config;
+use connector_core::logging::{self, LogLevel};
+use connector_runtime::connector::DEFAULT_FLUSH_TIMEOUT;
+use connector_runtime::Connector;
+use tracing::{error, info, warn};
+
+mod demo;
+
+/// Connects your devices to the SEPL platform and keeps them connected.
+///
+/// Settings come from the config file, then the environment variables of the
+/// original client (CONNECTOR_LOOKUP_URL, CONNECTOR_DEVICE_REGISTRATION_PATH,
+/// CONNECTOR_HTTPS, CONNECTOR_USER, CONNECTOR_PASSWORD, LOGLEVEL), then the
+/// flags below, each overriding the one before.
+#[derive(Debug, Parser)]
+#[command(name = "connector-runtime", version)]
+struct Args {
+    /// The connector.yaml to read; without it, defaults and environment only.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Check the configuration (and that every device's plugin exists), print
+    /// the result and exit: 0 when it is valid, 2 when not.
+    #[arg(long)]
+    check: bool,
+
+    /// Start a platform simulator in this process on loopback, connect to it
+    /// instead of the configured platform, and drive every device with demo
+    /// commands: the whole loop on a machine with no platform at all.
+    #[arg(long)]
+    embedded_platform: bool,
+
+    /// Seconds between demo commands in --embedded-platform mode.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    demo_interval: f64,
+
+    /// Log level: trace, debug, info, warning (warn), error (critical).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+
+    /// Overrides the lookup URL (CONNECTOR_LOOKUP_URL, platform.lookup_url).
+    #[arg(long, value_name = "URL")]
+    lookup_url: Option<String>,
+}
+
+/// Exit status for a configuration that does not check out.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        let source = args
+            .config
+            .as_ref()
+            .map_or("configuration".into(), |p| p.display().to_string());
+        let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+        println!("{source}: OK ({} devices: {})", ids.len(), ids.join(", "));
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = logging::init(config.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let system = actix_rt::System::new();
+    match system.block_on(run(config, &args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// File, then environment, then flags; then the whole result is checked.
+fn load_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    config.apply_env().map_err(|e| e.to_string())?;
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    if let Some(url) = &args.lookup_url {
+        config.platform.lookup_url = url.clone();
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let plugins = connector_plugins::builtin();
+    let unknown: Vec<String> = config
+        .devices
+        .iter()
+        .filter(|d| !plugins.contains(&d.plugin))
+        .map(|d| {
+            let line = d.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            format!("{line}device {:?}: no plugin named {:?}", d.id, d.plugin)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = plugins.names().collect();
+        return Err(format!("{} (known plugins: {})", unknown.join("\n"), known.join(", ")));
+    }
+    Ok(config)
+}
+
+async fn run(mut config: Config, args: &Args) -> Result<(), String> {
+    let simulator = if args.embedded_platform {
+        let sim = demo::start_simulator(&config).await?;
+        config.platform.lookup_url = sim.lookup_url();
+        config.platform.https = false;
+        Some(sim)
+    } else {
+        None
+    };
+    let connector = Connector::start(config.clone())
+        .await
+        .map_err(|e| format!("the connector could not start: {e}"))?;
+    let driver = simulator.as_ref().map(|sim| {
+        let interval = Duration::from_secs_f64(args.demo_interval.max(0.05));
+        actix_rt::spawn(demo::drive(sim.clone(), config.devices.clone(), interval))
+    });
+
+    wait_for_shutdown_signal().await;
+    info!("shutting down: stopping devices and flushing the buffer");
+    if let Some(driver) = driver {
+        driver.abort();
+    }
+    connector.shutdown(DEFAULT_FLUSH_TIMEOUT).await;
+    if let Some(sim) = simulator {
+        if let Err(e) = sim.stop().await {
+            warn!("the embedded platform did not stop cleanly: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one (systemd and container stops).
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the connector"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,416 @@
+//! [`RegistryActor`] tracks the devices: it (un)registers them with the
+//! platform over HTTP (PROTOCOL.md section 6), sends `update` after each
+//! success, retries failures with back-off, and routes each incoming command
+//! to its device by `device_id`.
+//!
+//! Every device is registered again, in one batch, after each new session:
+//! the platform may have forgotten them while the link was down.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use actix::prelude::*;
+use connector_core::backoff::Backoff;
+use connector_core::registration::{self, Outcome};
+use connector_core::{Credentials, Device, Message as PlatformMessage};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::device::{error_reply, DeviceActor, DeviceCommand, StopDevice};
+use crate::lifecycle::{Events, Lifecycle, Stats};
+use crate::outbox::{Frame, OutboxHandle};
+
+/// What the registry needs from the config.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub registration_path: String,
+    pub credentials: Credentials,
+    pub backoff_initial: std::time::Duration,
+    pub backoff_max: std::time::Duration,
+}
+
+/// Where a device's commands go.
+#[derive(Clone)]
+pub enum Route {
+    /// A device actor driven by a plugin.
+    Actor(Addr<DeviceActor>),
+    /// A device the embedding program handles itself through `receive()`.
+    Program,
+}
+
+/// A session is up; `http_base` is where registration goes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUp {
+    pub http_base: String,
+}
+
+/// The session is gone; registration waits for the next one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkDown;
+
+/// A command frame from the platform, to be routed by its `device_id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IncomingCommand(pub PlatformMessage);
+
+/// Adds a device and registers it with the platform as soon as it can.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct AddDevice {
+    pub device: Device,
+    pub route: Route,
+}
+
+/// Removes a device: its actor is stopped and it is unregistered.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct RemoveDevice {
+    pub id: String,
+}
+
+/// Stops every device actor (for shutdown); answers once they are told.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+/// Asks for the devices and whether each is registered right now.
+#[derive(Message)]
+#[rtype(result = "Vec<DeviceStatus>")]
+pub struct ListDevices;
+
+/// One device as the registry sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub device: Device,
+    pub registered: bool,
+    /// Handled by the embedding program rather than a plugin.
+    pub program: bool,
+}
+
+/// Why a device could not be added or removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("a device with id {0:?} is already registered")]
+    Duplicate(String),
+    #[error("no device with id {0:?}")]
+    Unknown(String),
+    #[error("a device id must not be empty")]
+    EmptyId,
+}
+
+struct Entry {
+    device: Device,
+    route: Route,
+    registered: bool,
+}
+
+/// Which request is under way, so its answer is applied to the right state.
+enum Job {
+    Register(Vec<Device>),
+    Unregister(Device),
+}
+
+/// Tracks and (un)registers devices; see the module docs.
+pub struct RegistryActor {
+    settings: RegistrySettings,
+    outbox: OutboxHandle,
+    events: Events,
+    devices: BTreeMap<String, Entry>,
+    /// Removed devices still to be unregistered, in the order they were removed.
+    unregister_queue: VecDeque<Device>,
+    /// Commands for devices the program handles itself, read by `receive()`.
+    program_commands: mpsc::Sender<PlatformMessage>,
+    http_base: Option<String>,
+    /// Bumped on every link change so a late HTTP answer of an old session
+    /// is not applied to the new one.
+    link_generation: u64,
+    busy: bool,
+    /// The timer of a retry after a failure; a new session cancels it, since
+    /// the failure may have been the old session's.
+    retry: Option<SpawnHandle>,
+    backoff: Backoff,
+}
+
+impl RegistryActor {
+    pub fn new(
+        settings: RegistrySettings,
+        outbox: OutboxHandle,
+        events: Events,
+        program_commands: mpsc::Sender<PlatformMessage>,
+    ) -> Self {
+        let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+        RegistryActor {
+            settings,
+            outbox,
+            events,
+            devices: BTreeMap::new(),
+            unregister_queue: VecDeque::new(),
+            program_commands,
+            http_base: None,
+            link_generation: 0,
+            busy: false,
+            retry: None,
+            backoff,
+        }
+    }
+
+    /// Starts the next (un)registration if the link is up and none is running:
+    /// queued unregistrations first, then one batch of all unregistered devices.
+    fn sync(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.retry.is_some() {
+            return;
+        }
+        let Some(base) = self.http_base.clone() else { return };
+        let job = if let Some(device) = self.unregister_queue.front() {
+            Job::Unregister(device.clone())
+        } else {
+            let batch: Vec<Device> = self
+                .devices
+                .values()
+                .filter(|e| !e.registered)
+                .map(|e| e.device.clone())
+                .collect();
+            if batch.is_empty() {
+                return;
+            }
+            Job::Register(batch)
+        };
+        self.busy = true;
+        let generation = self.link_generation;
+        let (path, credentials) = (&self.settings.registration_path, &self.settings.credentials);
+        let request = match &job {
+            Job::Register(batch) => connector_core::http::post(
+                registration::register_url(&base, path),
+                registration::register_body(credentials, batch),
+            ),
+            Job::Unregister(device) => {
+                connector_core::http::delete(registration::unregister_url(&base, path, &device.id))
+                    .body(registration::unregister_body(credentials))
+            }
+        }
+        .header("Content-Type", "application/json");
+        let unregister = matches!(job, Job::Unregister(_));
+        let answer = async move {
+            match request.send().await {
+                Ok(response) => match registration::outcome(response.status, unregister) {
+                    Outcome::Done => Ok(()),
+                    Outcome::CredentialsRefused => {
+                        Err((true, format!("credentials refused (HTTP {})", response.status)))
+                    }
+                    Outcome::Retry => Err((false, format!("HTTP {}: {}", response.status, response.body.trim()))),
+                },
+                Err(e) => Err((false, e.to_string())),
+            }
+        };
+        ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
+            act.busy = false;
+            if act.link_generation != generation {
+                // The session changed meanwhile; the new one starts over.
+                return act.sync(ctx);
+            }
+            match result {
+                Ok(()) => act.job_done(job),
+                Err((refused, reason)) => act.job_failed(job, refused, reason, ctx),
+            }
+            act.sync(ctx);
+        }));
+    }
+
+    fn job_done(&mut self, job: Job) {
+        self.backoff.reset();
+        crate::device::enqueue_frame(&self.outbox, &self.events, Frame::update());
+        match job {
+            Job::Register(batch) => {
+                let ids: Vec<String> = batch.into_iter().map(|d| d.id).collect();
+                for id in &ids {
+                    if let Some(entry) = self.devices.get_mut(id) {
+                        entry.registered = true;
+                    }
+                }
+                info!(devices = ids.len(), "devices registered");
+                self.events.publish(Lifecycle::RegistrationSucceeded { devices: ids });
+            }
+            Job::Unregister(device) => {
+                self.unregister_queue.pop_front();
+                info!(device_id = %device.id, "device unregistered");
+                self.events
+                    .publish(Lifecycle::UnregistrationSucceeded { device: device.id });
+            }
+        }
+    }
+
+    fn job_failed(&mut self, job: Job, refused: bool, reason: String, ctx: &mut Context<Self>) {
+        Stats::bump(&self.events.stats.registration_failures);
+        let delay = self.backoff.next_delay();
+        let retry_in_ms = delay.as_millis() as u64;
+        match job {
+            Job::Register(batch) => {
+                let ids: Vec<String> = batch.into_iter().map(|d| d.id).collect();
+                warn!(devices = ids.len(), %reason, retry_in_ms, "device registration failed");
+                self.events.publish(Lifecycle::RegistrationFailed {
+                    devices: ids,
+                    reason: reason.clone(),
+                });
+            }
+            Job::Unregister(device) => {
+                warn!(device_id = %device.id, %reason, retry_in_ms, "device unregistration failed");
+                self.events.publish(Lifecycle::UnregistrationFailed {
+                    device: device.id,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if refused {
+            error!(user = %self.settings.credentials.user, "the platform refused the credentials for registration");
+            self.events.publish(Lifecycle::CredentialsRefused {
+                context: format!("registration: {reason}"),
+            });
+        }
+        self.retry = Some(ctx.run_later(delay, |act, ctx| {
+            act.retry = None;
+            act.sync(ctx);
+        }));
+    }
+}
+
+impl Actor for RegistryActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<LinkUp> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkUp, ctx: &mut Self::Context) {
+        self.link_generation += 1;
+        self.http_base = Some(msg.http_base);
+        if let Some(retry) = self.retry.take() {
+            ctx.cancel_future(retry);
+        }
+        for entry in self.devices.values_mut() {
+            entry.registered = false;
+        }
+        self.sync(ctx);
+    }
+}
+
+impl Handler<LinkDown> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: LinkDown, _ctx: &mut Self::Context) {
+        self.link_generation += 1;
+        self.http_base = None;
+        // Without a session nothing is known to be registered (the platform
+        // may forget devices meanwhile, and every device is registered again
+        // on the next LinkUp), so `devices()` must not keep reporting it.
+        for entry in self.devices.values_mut() {
+            entry.registered = false;
+        }
+    }
+}
+
+impl Handler<IncomingCommand> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, IncomingCommand(command): IncomingCommand, _ctx: &mut Self::Context) {
+        match self.devices.get(&command.device_id).map(|e| &e.route) {
+            Some(Route::Actor(addr)) => addr.do_send(DeviceCommand(command)),
+            Some(Route::Program) => {
+                if let Err(e) = self.program_commands.try_send(command) {
+                    let command = match e {
+                        mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+                    };
+                    Stats::bump(&self.events.stats.plugin_errors);
+                    warn!(device_id = %command.device_id, task_id = %command.task_id, "the program is not taking commands (queue full or closed); answered with an error");
+                    let reply = error_reply(&command, "the connector's program is not taking commands");
+                    crate::device::enqueue(&self.outbox, &self.events, &reply);
+                }
+            }
+            None => {
+                Stats::bump(&self.events.stats.unknown_device_commands);
+                warn!(
+                    device_id = %command.device_id,
+                    task_id = %command.task_id,
+                    endpoint = %command.endpoint,
+                    "dropped a command for an unknown device"
+                );
+            }
+        }
+    }
+}
+
+impl Handler<AddDevice> for RegistryActor {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: AddDevice, ctx: &mut Self::Context) -> Self::Result {
+        let id = msg.device.id.clone();
+        if id.is_empty() {
+            return Err(RegistryError::EmptyId);
+        }
+        if self.devices.contains_key(&id) {
+            return Err(RegistryError::Duplicate(id));
+        }
+        debug!(device_id = %id, "device added");
+        self.devices.insert(
+            id,
+            Entry {
+                device: msg.device,
+                route: msg.route,
+                registered: false,
+            },
+        );
+        self.sync(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<RemoveDevice> for RegistryActor {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: RemoveDevice, ctx: &mut Self::Context) -> Self::Result {
+        let entry = self.devices.remove(&msg.id).ok_or(RegistryError::Unknown(msg.id))?;
+        if let Route::Actor(addr) = &entry.route {
+            addr.do_send(StopDevice);
+        }
+        self.unregister_queue.push_back(entry.device);
+        self.sync(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<StopAll> for RegistryActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) -> Self::Result {
+        let stops: Vec<_> = self
+            .devices
+            .values()
+            .filter_map(|e| match &e.route {
+                Route::Actor(addr) => Some(addr.send(StopDevice)),
+                Route::Program => None,
+            })
+            .collect();
+        Box::pin(async move {
+            for stop in stops {
+                let _ = stop.await;
+            }
+        })
+    }
+}
+
+impl Handler<ListDevices> for RegistryActor {
+    type Result = MessageResult<ListDevices>;
+
+    fn handle(&mut self, _: ListDevices, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.devices
+                .values()
+                .map(|e| DeviceStatus {
+                    device: e.device.clone(),
+                    registered: e.registered,
+                    program: matches!(e.route, Route::Program),
+                })
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,150 @@
+//! One helper for the end-to-end tests: a real platform simulator on
+//! loopback and a real connector pointed at it.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use connector_core::config::Config;
+use connector_runtime::{Connector, ConnectorBuilder, Lifecycle};
+use platform_sim::{Command, EventFilter, EventKind, SimConfig, SimHandle, Simulator};
+use tokio::sync::broadcast;
+
+/// Logs to the test's output (shown for failing tests); `RUST_LOG` filters.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Long enough for a loaded 2-core CI machine; tests poll, so a pass is fast.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub async fn simulator() -> SimHandle {
+    simulator_with(SimConfig::default()).await
+}
+
+pub async fn simulator_with(config: SimConfig) -> SimHandle {
+    init_logging();
+    Simulator::start(config)
+        .await
+        .expect("the simulator starts on loopback")
+}
+
+/// A config for `sim` with quick back-off and the given `devices:` YAML.
+pub fn config_for(sim: &SimHandle, devices_yaml: &str) -> Config {
+    config_with(sim, "", devices_yaml)
+}
+
+/// Like [`config_for`], with extra `platform:` keys (each line indented by
+/// two spaces), e.g. `"  user: alice\n"`.
+pub fn config_with(sim: &SimHandle, platform_yaml: &str, devices_yaml: &str) -> Config {
+    let yaml = format!(
+        "platform:\n  lookup_url: {}\n  backoff: {{ initial_ms: 20, max_ms: 200 }}\n  ping_interval_ms: 1000\n  pong_timeout_ms: 3000\n{platform_yaml}devices:\n{devices_yaml}",
+        sim.lookup_url()
+    );
+    Config::from_yaml_str(&yaml, "test.yaml").expect("the test config is valid")
+}
+
+pub const ECHO_DEVICES: &str = "  - { id: lamp-1, type: lamp, name: Lamp, plugin: echo }\n  - { id: plug-2, type: plug, name: Plug, plugin: echo }\n";
+
+/// Polls `check` until it returns `Some`, or panics naming `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the first lifecycle event that `matches`.
+pub async fn wait_event(
+    events: &mut broadcast::Receiver<Lifecycle>,
+    what: &str,
+    matches: impl Fn(&Lifecycle) -> bool,
+) -> Lifecycle {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(event) if matches(&event) => return event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("events closed while waiting for {what}"),
+            }
+        }
+    };
+    actix_rt::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Starts a connector and waits until the simulator has every device registered.
+pub async fn connected(sim: &SimHandle, config: Config) -> Connector {
+    connected_with(sim, |builder| builder, config).await
+}
+
+/// Like [`connected`], with the builder adjusted first (e.g. test plugins added).
+pub async fn connected_with(
+    sim: &SimHandle,
+    adjust: impl FnOnce(ConnectorBuilder) -> ConnectorBuilder,
+    config: Config,
+) -> Connector {
+    let mut expected: Vec<String> = config.devices.iter().map(|d| d.id.clone()).collect();
+    expected.sort();
+    let connector = adjust(Connector::builder(config))
+        .start()
+        .await
+        .expect("the connector starts");
+    eventually("all devices registered", || async {
+        (device_ids(sim).await == expected).then_some(())
+    })
+    .await;
+    connector
+}
+
+/// The ids of the devices the simulator has registered, sorted.
+pub async fn device_ids(sim: &SimHandle) -> Vec<String> {
+    let mut ids: Vec<String> = sim.devices().await.into_iter().map(|d| d.id).collect();
+    ids.sort();
+    ids
+}
+
+/// The bodies of the `change:` events `device` sent, in arrival order.
+pub async fn event_bodies(sim: &SimHandle, device: &str) -> Vec<String> {
+    sim.events_matching(EventFilter {
+        device: Some(device.to_owned()),
+        kind: Some(EventKind::Change),
+        since: None,
+        limit: Some(usize::MAX),
+    })
+    .await
+    .into_iter()
+    .map(|e| e.message.body)
+    .collect()
+}
+
+/// `"0"`, `"1"`, ... as the bodies of numbered events.
+pub fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
+
+/// Round-trips a command to an `echo` device. Frames leave the connector in
+/// order on one socket, so once its reply is in, everything the connector
+/// accepted before the command has arrived too: a barrier, not a sleep.
+pub async fn barrier(sim: &SimHandle, echo_device: &str) {
+    let command = Command::new(echo_device, "barrier").body("barrier");
+    let reply = sim
+        .command_and_wait(&command, DEADLINE)
+        .await
+        .expect("the echo device answers the barrier command");
+    assert_eq!(reply.message.body, "barrier");
+}
