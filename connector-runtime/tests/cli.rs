@@ -43,7 +43,7 @@ fn check_accepts_the_demo_config() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(stdout.contains("OK (2 devices: lamp-1, plug-2)"), "{stdout}");
+    assert!(stdout.contains("OK (3 devices: lamp-1, plug-2, counter-3)"), "{stdout}");
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn the_embedded_platform_demo_runs_the_whole_loop_and_stops_cleanly_on_sigterm()
     let log = log.join("\n");
     assert!(answered, "the demo never got an answer:\n{log}");
     assert!(exit.success(), "exit {exit:?}\n{log}");
-    assert!(log.contains("devices registered devices=2"), "{log}");
+    assert!(log.contains("devices registered devices=3"), "{log}");
     assert!(log.contains("platform link closed"), "{log}");
     assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
 }

@@ -1,15 +1,40 @@
 //! Built-in device plugins, each selectable by name in `connector.yaml`.
+//! `config/<name>.yaml` holds a commented example for each one.
 //!
 //! # Layout
 //! - [`echo`]: answers every command with the command's body.
+//! - [`generator`]: emits events on a timer from a body template; for demos
+//!   and load tests. [`generator::template`] is the template language.
+//! - [`sysmetrics`]: the gateway's own load, memory, CPU, uptime and disk
+//!   usage, as periodic events and on demand. [`sysmetrics::procfs`] parses
+//!   `/proc` (pure functions), [`sysmetrics::disk`] reads disk usage.
+//! - [`ticker`]: the plugins' periodic thread, started in `start` and
+//!   stopped and joined in `stop`.
+//! - [`settings`]: value checks shared by the plugins' settings.
 
 use connector_core::plugin::PluginRegistry;
 
 pub mod echo;
+pub mod generator;
+pub mod settings;
+pub mod sysmetrics;
+pub mod ticker;
 
 /// Every built-in plugin under its config name.
 pub fn builtin() -> PluginRegistry {
     let mut plugins = PluginRegistry::new();
     plugins.register(echo::NAME, echo::create);
+    plugins.register(generator::NAME, generator::create);
+    plugins.register(sysmetrics::NAME, sysmetrics::create);
     plugins
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_builtin_plugin_is_registered_under_its_name() {
+        let plugins = super::builtin();
+        let names: Vec<&str> = plugins.names().collect();
+        assert_eq!(names, ["echo", "generator", "sysmetrics"]);
+    }
 }
