@@ -188,7 +188,8 @@ pub struct BufferConfig {
     pub max_bytes: usize,
     /// What to drop when full. Default: `drop_oldest`.
     pub overflow: Overflow,
-    /// File for a persistent outbox (not used yet). [`Config::load`]
+    /// File for a persistent outbox: buffered frames survive a restart of
+    /// the connector (see `connector_runtime::outbox::journal`). [`Config::load`]
     /// resolves a relative path against the config file's directory.
     /// Default: none, the outbox lives in memory.
     pub path: Option<PathBuf>,

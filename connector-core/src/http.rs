@@ -243,10 +243,12 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client with a default `awc::Client` (plain HTTP only: `awc` is built
-    /// without TLS features) and [`HttpOptions::default`].
+    /// A client speaking `http://` and `https://` (trusting the bundled
+    /// public roots, see [`TlsSettings::bundled`](crate::tls::TlsSettings::bundled))
+    /// with [`HttpOptions::default`]. For a custom CA use
+    /// [`TlsSettings::load`](crate::tls::TlsSettings::load) and [`from_awc`](Self::from_awc).
     pub fn new() -> Self {
-        Self::from_awc(awc::Client::default())
+        Self::from_awc(crate::tls::TlsSettings::bundled().awc_client(DEFAULT_TIMEOUT))
     }
 
     /// Wraps a pre-built `awc::Client`, e.g. one with a TLS connector.
@@ -276,6 +278,12 @@ impl HttpClient {
     /// The options every request starts with.
     pub fn options(&self) -> &HttpOptions {
         &self.options
+    }
+
+    /// The `awc::Client` underneath, for what this builder does not cover
+    /// (the platform WebSocket), so that it shares the client's TLS set-up.
+    pub fn awc(&self) -> &awc::Client {
+        &self.client
     }
 
     /// Starts a request with any method.
@@ -680,6 +688,11 @@ impl Attempt<'_> {
                 url: self.shown_url.to_owned(),
                 reason: err.to_string(),
             },
+            SendRequestError::Connect(ConnectError::Io(io)) if crate::tls::is_untrusted_certificate(&io) => self
+                .transport_error(format!(
+                    "Failed to connect to host: {io} ({})",
+                    crate::tls::UNTRUSTED_HINT
+                )),
             // awc never saw the userinfo, so its message cannot contain it.
             other => self.transport_error(other.to_string()),
         }

@@ -11,9 +11,13 @@
 //! - [`config`]: `connector.yaml` plus the seed's environment variables.
 //! - [`logging`]: log levels and the one function that sets up logging.
 //! - [`plugin`]: the [`plugin::DevicePlugin`] trait device authors implement.
+//! - [`abi`]: the C-ABI boundary to plugin libraries (declaration, tables, status codes).
 //! - [`http`]: the seed's HTTP support library (`get`, `post`, ...; section 8).
+//! - [`tls`]: what TLS trusts (bundled roots, `ca_file`) and the one
+//!   `awc::Client` lookup, registration and the socket share.
 //! - [`secret`]: [`Secret`], a password that never prints, and [`Credentials`].
 
+pub mod abi;
 pub mod backoff;
 pub mod codec;
 pub mod config;
@@ -24,6 +28,7 @@ pub mod model;
 pub mod plugin;
 pub mod registration;
 pub mod secret;
+pub mod tls;
 mod yaml;
 
 pub use model::{Device, Message};

@@ -68,6 +68,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Device, Message};
 
@@ -89,7 +90,8 @@ impl PluginError {
 
 /// The answer to a command. The runtime turns it into a `response:` frame
 /// that keeps the command's task id and every other field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Reply {
     /// `payload_header` of the response, often empty.
     pub header: String,
@@ -112,14 +114,18 @@ impl Reply {
 }
 
 /// One device's entry from `connector.yaml`, as its plugin is given it.
-#[derive(Debug, Clone, PartialEq)]
+/// Plugin libraries get it as JSON (see [`crate::abi`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSpec {
     pub device: Device,
     /// Name of the plugin that drives the device.
+    #[serde(default)]
     pub plugin: String,
     /// The free `settings:` mapping, as JSON so that plugin libraries can take it too.
+    #[serde(default)]
     pub settings: serde_json::Value,
     /// Where the entry stands, for error messages (`connector.yaml:12`).
+    #[serde(default)]
     pub origin: Option<String>,
 }
 
@@ -194,6 +200,7 @@ impl From<EmitError> for PluginError {
 }
 
 type EmitFn = dyn Fn(Message) -> Result<(), EmitError> + Send + Sync;
+type FailFn = dyn Fn(String) + Send + Sync;
 
 /// Sends a device's events to the platform. Cheap to clone and usable from
 /// any thread; the device id is filled in for the plugin.
@@ -201,6 +208,7 @@ type EmitFn = dyn Fn(Message) -> Result<(), EmitError> + Send + Sync;
 pub struct EventSink {
     device_id: Arc<str>,
     emit: Arc<EmitFn>,
+    fail: Option<Arc<FailFn>>,
 }
 
 impl fmt::Debug for EventSink {
@@ -218,7 +226,15 @@ impl EventSink {
         EventSink {
             device_id: device_id.into(),
             emit: Arc::new(emit),
+            fail: None,
         }
+    }
+
+    /// Adds what [`report_failure`](Self::report_failure) calls; the runtime
+    /// turns it into a restart of the device.
+    pub fn on_failure(mut self, fail: impl Fn(String) + Send + Sync + 'static) -> Self {
+        self.fail = Some(Arc::new(fail));
+        self
     }
 
     /// A sink feeding a channel, for tests and for driving a plugin by hand.
@@ -248,6 +264,16 @@ impl EventSink {
         }
         message.task_id.clear();
         (self.emit)(message)
+    }
+
+    /// Tells the runtime the plugin failed outside a call, for example its
+    /// own thread died: the device is stopped and started anew after a
+    /// back-off, as after a panic in `command`. Does nothing on a sink
+    /// without a runtime behind it (such as [`EventSink::channel`]).
+    pub fn report_failure(&self, reason: impl Into<String>) {
+        if let Some(fail) = &self.fail {
+            fail(reason.into());
+        }
     }
 }
 

@@ -6,6 +6,24 @@
 //! reads frames in order, so its pong proves the credentials were read and not
 //! refused (a refusal is a close 1008 first). Only then is the buffer drained,
 //! so nothing is written into a session that is about to be refused.
+//!
+//! # What reaches the platform
+//! The protocol has no acknowledgements, so a frame counts as sent once the
+//! writer has flushed it to the socket; a batch not yet flushed when the
+//! session dies goes back to the front of the buffer. Hence:
+//! - **The platform closes the session** (close frame): the writer finishes
+//!   the batch it is writing, then replies with its own close; the platform
+//!   reads until that reply (RFC 6455, 7.1.1). Every accepted frame arrives
+//!   exactly once, in order, whatever was in flight.
+//! - **The connection is reset or vanishes** (RST, a platform that stops
+//!   listening and drops its connections, a dead peer found by the ping):
+//!   frames already flushed to the kernel when it happened may be lost, and
+//!   the one batch whose write failed (at most `BATCH_FRAMES` frames) is sent
+//!   again, so part of it may arrive twice. Frames accepted while the link is
+//!   down, and any not yet taken by the writer, arrive exactly once, in order,
+//!   and no frame ever arrives for the first time out of order.
+//! - **The connector is killed**: see [`crate::outbox`] (in memory: lost;
+//!   with `platform.buffer.path`: kept on disk and sent after the restart).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,6 +36,7 @@ use awc::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 use connector_core::backoff::Backoff;
 use connector_core::codec::{self, FrameError, FrameKind};
+use connector_core::http::HttpClient;
 use connector_core::lookup::{self, SocketUrl};
 use connector_core::Credentials;
 use futures_util::stream::{SplitSink, StreamExt};
@@ -32,8 +51,9 @@ use crate::registry::{IncomingCommand, LinkDown, LinkUp, RegistryActor};
 /// A session that stayed up this long resets the back-off: the platform was
 /// healthy, so the next outage starts again from the initial delay.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
-/// The longest the platform may take to answer the handshake ping.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the platform may take to answer the handshake ping; also the
+/// time allowed to open the WebSocket (the shared client's default time-out).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames and bytes per socket write: enough to amortise the flush, small
 /// enough that a lost link has little in flight to give back.
 const BATCH_FRAMES: usize = 512;
@@ -49,6 +69,9 @@ pub struct LinkSettings {
     pub lookup_url: String,
     /// Forces `wss://` (and `https://` for registration) whatever the lookup says.
     pub https: bool,
+    /// The one client (with the config's TLS trust) for lookup and the
+    /// WebSocket; the registry shares it.
+    pub http: HttpClient,
     pub credentials: Credentials,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
@@ -163,8 +186,9 @@ impl ConnectionActor {
         debug!(lookup_url = %connector_core::http::redact_userinfo(&settings.lookup_url), "looking up the platform socket");
         let attempt = async move {
             let url = lookup_socket(&settings).await?;
-            let client = awc::Client::builder().timeout(HANDSHAKE_TIMEOUT).finish();
-            let (_response, framed) = client
+            let (_response, framed) = settings
+                .http
+                .awc()
                 .ws(url.ws_url())
                 .max_frame_size(settings.max_frame_bytes.saturating_mul(READ_LIMIT_FACTOR))
                 .connect()
@@ -556,7 +580,9 @@ fn assemble(
 /// Asks the lookup URL where the socket is (PROTOCOL.md section 2).
 async fn lookup_socket(settings: &LinkSettings) -> Result<SocketUrl, String> {
     let shown = connector_core::http::redact_userinfo(&settings.lookup_url);
-    let response = connector_core::http::get(&settings.lookup_url)
+    let response = settings
+        .http
+        .get(&settings.lookup_url)
         .send()
         .await
         .map_err(|e| format!("lookup failed: {e}"))?;
@@ -587,6 +613,14 @@ impl Writer {
         let mut draining = false;
         let mut batch: Vec<ByteString> = Vec::with_capacity(BATCH_FRAMES);
         loop {
+            // Commands between batches too: under a steady stream the buffer
+            // never runs dry, and a close from the platform is answered right
+            // after the batch being written, not whenever the stream pauses.
+            while let Ok(cmd) = self.commands.try_recv() {
+                if self.obey(cmd, &mut draining).await.map_err(fail)? {
+                    return Ok(());
+                }
+            }
             if draining {
                 let mut in_flight = self.in_flight.borrow_mut();
                 self.outbox.lock().take_batch(BATCH_FRAMES, BATCH_BYTES, &mut in_flight);
@@ -600,18 +634,9 @@ impl Writer {
                     cmd = self.commands.recv() => cmd,
                     _ = self.outbox.pushed(), if draining => continue,
                 };
-                match cmd {
-                    None => return Ok(()),
-                    Some(WriterCmd::Control(frame)) => self.sink.send(frame).await.map_err(fail)?,
-                    Some(WriterCmd::StartDraining) => draining = true,
-                    Some(WriterCmd::Close(reason)) => {
-                        // No TCP shutdown here: RFC 6455 (7.1.1) lets the
-                        // server close the connection first, and a peer that
-                        // sees our FIN too early may drop frames it has not
-                        // decoded yet. The socket goes when the session ends.
-                        let _ = self.sink.send(ws::Message::Close(Some(reason))).await;
-                        return Ok(());
-                    }
+                let Some(cmd) = cmd else { return Ok(()) };
+                if self.obey(cmd, &mut draining).await.map_err(fail)? {
+                    return Ok(());
                 }
                 continue;
             }
@@ -619,7 +644,10 @@ impl Writer {
                 self.sink.feed(ws::Message::Text(text)).await.map_err(fail)?;
             }
             self.sink.flush().await.map_err(fail)?;
-            for frame in self.in_flight.borrow_mut().drain(..) {
+            let mut in_flight = self.in_flight.borrow_mut();
+            // Flushed: out of the bound, and out of the journal if there is one.
+            self.outbox.lock().delivered(&in_flight);
+            for frame in in_flight.drain(..) {
                 let counter = match frame.kind {
                     FrameKind::Response => &self.stats.frames_sent_response,
                     FrameKind::Change => &self.stats.frames_sent_change,
@@ -628,5 +656,22 @@ impl Writer {
                 Stats::bump(counter);
             }
         }
+    }
+
+    /// Carries out one command; `true` once the writer is done (close sent).
+    async fn obey(&mut self, cmd: WriterCmd, draining: &mut bool) -> Result<bool, WsProtocolError> {
+        match cmd {
+            WriterCmd::Control(frame) => self.sink.send(frame).await?,
+            WriterCmd::StartDraining => *draining = true,
+            WriterCmd::Close(reason) => {
+                // No TCP shutdown here: RFC 6455 (7.1.1) lets the
+                // server close the connection first, and a peer that
+                // sees our FIN too early may drop frames it has not
+                // decoded yet. The socket goes when the session ends.
+                let _ = self.sink.send(ws::Message::Close(Some(reason))).await;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use connector_core::config::Config;
+use connector_core::http::HttpClient;
 use connector_core::plugin::{DeviceSpec, PluginError, PluginRegistry};
+use connector_core::tls::TlsSettings;
 use connector_core::{Device, Message as PlatformMessage};
 use tokio::sync::{broadcast, mpsc};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::connection::{ConnectionActor, LinkSettings, Shutdown};
+use crate::connection::{ConnectionActor, LinkSettings, Shutdown, HANDSHAKE_TIMEOUT};
 use crate::device::{enqueue, DeviceActor};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Outbox, OutboxHandle};
@@ -31,12 +33,21 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] connector_core::config::ConfigError),
+    /// `platform.ca_file` is missing, unreadable or holds no usable CA.
+    #[error(transparent)]
+    Tls(#[from] connector_core::tls::TlsError),
     #[error("{0}")]
     Plugin(#[from] PluginError),
+    /// A library of `plugins:` is missing, malformed, or clashes by name.
+    #[error(transparent)]
+    PluginLibraries(#[from] crate::loader::LoadErrors),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("the runtime stopped while starting: {0}")]
     Mailbox(#[from] MailboxError),
+    /// The persistent outbox (`platform.buffer.path`) cannot be opened.
+    #[error(transparent)]
+    Buffer(#[from] crate::outbox::JournalError),
 }
 
 /// Why `send` did not accept a message.
@@ -75,11 +86,14 @@ impl ConnectorBuilder {
         self
     }
 
-    /// Checks the config, starts the link and one actor per configured device.
-    /// Every device's plugin must be known before anything starts.
+    /// Checks the config, loads its plugin libraries, starts the link and one
+    /// actor per configured device. Every device's plugin must be known
+    /// before anything starts.
     pub async fn start(self) -> Result<Connector, StartError> {
-        let ConnectorBuilder { config, plugins } = self;
+        let ConnectorBuilder { config, mut plugins } = self;
         config.validate()?;
+        // Libraries join the compiled-in plugins; each file is opened once per process.
+        crate::loader::register_libraries(&mut plugins, &config.plugins)?;
         let specs: Vec<DeviceSpec> = config.devices.iter().map(DeviceSpec::from_config).collect();
         for spec in &specs {
             if !plugins.contains(&spec.plugin) {
@@ -95,13 +109,18 @@ impl ConnectorBuilder {
             }
         }
         let platform = &config.platform;
+        // Before any actor starts, so a broken CA file stops the start. One
+        // client for lookup, registration and the socket.
+        let tls = TlsSettings::load(platform.ca_file.as_deref())?;
+        let http = HttpClient::from_awc(tls.awc_client(HANDSHAKE_TIMEOUT));
         let events = Events::new();
         let buffer = &platform.buffer;
-        let outbox = OutboxHandle::new(Outbox::new(buffer.max_frames, buffer.max_bytes, buffer.overflow));
+        let outbox = open_outbox(buffer, &events)?;
         let (program_tx, program_rx) = mpsc::channel(PROGRAM_QUEUE);
         let registry = RegistryActor::new(
             RegistrySettings {
                 registration_path: config.registration_path().to_owned(),
+                http: http.clone(),
                 credentials: config.credentials(),
                 backoff_initial: platform.backoff.initial(),
                 backoff_max: platform.backoff.max(),
@@ -125,6 +144,7 @@ impl ConnectorBuilder {
         let link = LinkSettings {
             lookup_url: config.lookup_url(),
             https: platform.https,
+            http,
             credentials: config.credentials(),
             ping_interval: platform.ping_interval(),
             pong_timeout: platform.pong_timeout(),
@@ -142,6 +162,35 @@ impl ConnectorBuilder {
             commands: tokio::sync::Mutex::new(program_rx),
         })
     }
+}
+
+/// The outgoing buffer: in memory, or on disk too when `buffer.path` is set,
+/// then starting with what a previous run left unsent.
+fn open_outbox(
+    buffer: &connector_core::config::BufferConfig,
+    events: &Events,
+) -> Result<OutboxHandle, crate::outbox::JournalError> {
+    let Some(path) = &buffer.path else {
+        return Ok(OutboxHandle::new(Outbox::new(
+            buffer.max_frames,
+            buffer.max_bytes,
+            buffer.overflow,
+        )));
+    };
+    let (outbox, restored) = Outbox::open(buffer.max_frames, buffer.max_bytes, buffer.overflow, path)?;
+    info!(path = %path.display(), frames = restored.frames, bytes = restored.bytes, "persistent outbox opened");
+    if restored.dropped > 0 {
+        events
+            .stats
+            .frames_dropped
+            .fetch_add(restored.dropped, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            dropped = restored.dropped,
+            policy = %buffer.overflow,
+            "frames left by the previous run exceed the buffer's bound; dropped by its policy"
+        );
+    }
+    Ok(OutboxHandle::new(outbox))
 }
 
 impl Connector {
@@ -205,9 +254,10 @@ impl Connector {
     }
 
     /// Frames and bytes waiting in the outgoing buffer.
+    /// Frames the writer has taken but not yet flushed count too: they are
+    /// held within the same bound.
     pub fn buffered(&self) -> (usize, usize) {
-        let outbox = self.outbox.lock();
-        (outbox.len(), outbox.bytes())
+        self.outbox.lock().held()
     }
 
     /// Every device and whether the platform has it registered.

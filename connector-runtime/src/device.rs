@@ -39,6 +39,17 @@ pub struct DeviceCommand(pub PlatformMessage);
 #[rtype(result = "()")]
 pub struct StopDevice;
 
+/// The plugin reported a failure outside a call ([`EventSink::report_failure`],
+/// e.g. its worker thread panicked): restart it as after a panic.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PluginFailed {
+    /// The `accepting` flag of the instance that failed, to tell it from a
+    /// newer one started meanwhile.
+    instance: Arc<AtomicBool>,
+    reason: String,
+}
+
 /// Unix seconds now, the `time` of frames that carry none.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -54,6 +65,14 @@ pub fn enqueue(outbox: &OutboxHandle, events: &Events, message: &PlatformMessage
 }
 
 /// Hands an encoded frame to the buffer; see [`enqueue`].
+///
+/// Drops are counted in `Stats::frames_dropped` one by one, but logged and
+/// published as [`Lifecycle::MessagesDropped`] once per burst (see
+/// [`crate::outbox`]), when it starts: a buffer overflowing through a long
+/// outage would otherwise flood the log and every subscriber with one line
+/// and one event per frame. The event's `count` is the running total of
+/// frames dropped since the connector started, so a subscriber can tell how
+/// much the bursts between two events cost.
 pub fn enqueue_frame(outbox: &OutboxHandle, events: &Events, frame: Frame) -> bool {
     let pushed = outbox.push(frame);
     if pushed.dropped > 0 {
@@ -61,13 +80,14 @@ pub fn enqueue_frame(outbox: &OutboxHandle, events: &Events, frame: Frame) -> bo
         if pushed.burst_started {
             warn!(
                 dropped = pushed.dropped,
+                dropped_total = pushed.dropped_total,
                 "outgoing buffer full: frames are being dropped until it drains (logged once per burst)"
             );
+            events.publish(Lifecycle::MessagesDropped {
+                count: pushed.dropped_total,
+                reason: "outgoing buffer full".into(),
+            });
         }
-        events.publish(Lifecycle::MessagesDropped {
-            count: pushed.dropped,
-            reason: "outgoing buffer full".into(),
-        });
     }
     pushed.accepted
 }
@@ -112,9 +132,11 @@ impl DeviceActor {
         self.spec.id()
     }
 
-    fn sink(&self) -> EventSink {
+    fn sink(&self, ctx: &Context<Self>) -> EventSink {
         let (outbox, events, accepting) = (self.outbox.clone(), self.events.clone(), self.accepting.clone());
         let id = self.spec.id().to_owned();
+        // Weak: a sink kept by a stray plugin thread must not keep the actor alive.
+        let (actor, instance) = (ctx.address().downgrade(), self.accepting.clone());
         EventSink::new(self.spec.id(), move |message| {
             if !accepting.load(Ordering::Acquire) {
                 return Err(EmitError::Stopped(id.clone()));
@@ -122,12 +144,20 @@ impl DeviceActor {
             enqueue(&outbox, &events, &message);
             Ok(())
         })
+        .on_failure(move |reason| {
+            if let Some(actor) = actor.upgrade().filter(|_| instance.load(Ordering::Acquire)) {
+                actor.do_send(PluginFailed {
+                    instance: instance.clone(),
+                    reason,
+                });
+            }
+        })
     }
 
     /// Creates and starts the plugin; a failure or panic schedules a restart.
     fn launch(&mut self, ctx: &mut Context<Self>) {
         self.accepting = Arc::new(AtomicBool::new(true));
-        let sink = self.sink();
+        let sink = self.sink(ctx);
         let (plugins, spec) = (self.plugins.clone(), &self.spec);
         let started = catch_unwind(AssertUnwindSafe(|| {
             let mut plugin = plugins.create(spec)?;
@@ -256,5 +286,16 @@ impl Handler<StopDevice> for DeviceActor {
 
     fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+impl Handler<PluginFailed> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, failed: PluginFailed, ctx: &mut Self::Context) {
+        // A report from an instance already retired changes nothing.
+        if Arc::ptr_eq(&failed.instance, &self.accepting) && self.plugin.is_some() {
+            self.crashed(format!("reported a failure: {}", failed.reason), ctx);
+        }
     }
 }

@@ -8,6 +8,7 @@
 //!   ping, reconnect, writer).
 //! - [`registry`]: `RegistryActor`, device (un)registration and command routing.
 //! - [`device`]: `DeviceActor`, one per device, supervising its plugin.
+//! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
 //! - [`outbox`]: the bounded, ordered outgoing buffer.
 //! - [`lifecycle`]: lifecycle events and counters.
 
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod connector;
 pub mod device;
 pub mod lifecycle;
+pub mod loader;
 pub mod outbox;
 pub mod registry;
 

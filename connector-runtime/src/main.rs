@@ -10,6 +10,7 @@ use clap::Parser;
 use connector_core::config::Config;
 use connector_core::logging::{self, LogLevel};
 use connector_runtime::connector::DEFAULT_FLUSH_TIMEOUT;
+use connector_runtime::loader;
 use connector_runtime::Connector;
 use tracing::{error, info, warn};
 
@@ -28,8 +29,9 @@ struct Args {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Check the configuration (and that every device's plugin exists), print
-    /// the result and exit: 0 when it is valid, 2 when not.
+    /// Check the configuration (that every plugin library loads and every
+    /// device's plugin exists), print the result and exit: 0 when it is
+    /// valid, 2 when not.
     #[arg(long)]
     check: bool,
 
@@ -101,7 +103,13 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.platform.lookup_url = url.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
-    let plugins = connector_plugins::builtin();
+    let mut plugins = connector_plugins::builtin();
+    // Opens the libraries now, so --check refuses a missing or bad one; the
+    // connector finds them already open later (once per process).
+    let libraries = loader::register_libraries(&mut plugins, &config.plugins).map_err(|e| e.to_string())?;
+    for warning in libraries.iter().flat_map(|library| library.warnings()) {
+        eprintln!("warning: {warning}");
+    }
     let unknown: Vec<String> = config
         .devices
         .iter()

@@ -23,6 +23,8 @@ use crate::outbox::{Frame, OutboxHandle};
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     pub registration_path: String,
+    /// The client (with the config's TLS trust) shared with the connection.
+    pub http: connector_core::http::HttpClient,
     pub credentials: Credentials,
     pub backoff_initial: std::time::Duration,
     pub backoff_max: std::time::Duration,
@@ -180,17 +182,19 @@ impl RegistryActor {
         let generation = self.link_generation;
         let (path, credentials) = (&self.settings.registration_path, &self.settings.credentials);
         let request = match &job {
-            Job::Register(batch) => connector_core::http::post(
+            Job::Register(batch) => self.settings.http.post(
                 registration::register_url(&base, path),
                 registration::register_body(credentials, batch),
             ),
-            Job::Unregister(device) => {
-                connector_core::http::delete(registration::unregister_url(&base, path, &device.id))
-                    .body(registration::unregister_body(credentials))
-            }
+            Job::Unregister(device) => self
+                .settings
+                .http
+                .delete(registration::unregister_url(&base, path, &device.id))
+                .body(registration::unregister_body(credentials)),
         }
         .header("Content-Type", "application/json");
         let unregister = matches!(job, Job::Unregister(_));
+        let password = credentials.password.clone();
         let answer = async move {
             match request.send().await {
                 Ok(response) => match registration::outcome(response.status, unregister) {
@@ -198,7 +202,10 @@ impl RegistryActor {
                     Outcome::CredentialsRefused => {
                         Err((true, format!("credentials refused (HTTP {})", response.status)))
                     }
-                    Outcome::Retry => Err((false, format!("HTTP {}: {}", response.status, response.body.trim()))),
+                    Outcome::Retry => {
+                        let body = answer_excerpt(&response.body, password.expose());
+                        Err((false, format!("HTTP {}: {body}", response.status)))
+                    }
                 },
                 Err(e) => Err((false, e.to_string())),
             }
@@ -272,6 +279,17 @@ impl RegistryActor {
             act.sync(ctx);
         }));
     }
+}
+
+/// The start of a refusing answer's body for the log, with the password cut
+/// out: a platform's error page may echo the request, credentials included.
+fn answer_excerpt(body: &str, password: &str) -> String {
+    let redacted = if password.is_empty() {
+        body.trim().to_owned()
+    } else {
+        body.trim().replace(password, "***")
+    };
+    connector_core::codec::excerpt(redacted.as_bytes())
 }
 
 impl Actor for RegistryActor {
@@ -412,5 +430,20 @@ impl Handler<ListDevices> for RegistryActor {
                 })
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_excerpt;
+
+    #[test]
+    fn a_refusing_answer_is_shortened_and_never_echoes_the_password() {
+        let body = format!("bad request: {{\"pw\": \"hunter2\"}} {}", "x".repeat(500));
+        let shown = answer_excerpt(&body, "hunter2");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.starts_with("bad request: {\"pw\": \"***\"}"), "{shown}");
+        assert!(shown.chars().count() < 100, "{shown}");
+        assert_eq!(answer_excerpt(" down ", ""), "down");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use crate::SimError;
+use crate::{tls::TlsConfig, SimError};
 
 /// Default listen address: loopback, port chosen by the OS.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub max_frame_size: usize,
     /// How long a new socket may take to send its credentials frame.
     pub credentials_timeout: Duration,
+    /// Serve `https://` and `wss://` with this certificate instead of plain
+    /// HTTP (see [`crate::tls`]). Default: none, plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for SimConfig {
@@ -57,6 +60,7 @@ impl Default for SimConfig {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             credentials_timeout: DEFAULT_CREDENTIALS_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -73,6 +77,7 @@ impl fmt::Debug for SimConfig {
             .field("event_capacity", &self.event_capacity)
             .field("max_frame_size", &self.max_frame_size)
             .field("credentials_timeout", &self.credentials_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -107,6 +112,9 @@ impl SimConfig {
         }
         if self.max_frame_size < 64 {
             problems.push("max_frame_size must be at least 64 bytes".to_owned());
+        }
+        if let Some(Err(problem)) = self.tls.as_ref().map(TlsConfig::server_config) {
+            problems.push(problem);
         }
         if problems.is_empty() {
             Ok(self)

@@ -58,16 +58,18 @@ async fn lookup_handler(req: HttpRequest, shared: web::Data<Arc<Shared>>) -> Htt
 }
 
 /// The socket URL a client should use: the bound address, or, when bound
-/// to a wildcard address, the host the client itself asked for.
+/// to a wildcard address, the host the client itself asked for; `wss://`
+/// in TLS mode.
 fn socket_url_for(req: &HttpRequest, shared: &Shared) -> String {
     let addr = shared.local_addr;
+    let scheme = if shared.config.tls.is_some() { "wss" } else { "ws" };
     if addr.ip().is_unspecified() {
         let info = req.connection_info();
         let host = info.host();
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        format!("ws://{host}:{}/ws", addr.port())
+        format!("{scheme}://{host}:{}/ws", addr.port())
     } else {
-        format!("ws://{addr}/ws")
+        format!("{scheme}://{addr}/ws")
     }
 }
 

@@ -31,6 +31,7 @@
 //! - `reset`: how an abrupt TCP reset is forced through actix-web.
 //! - [`server`]: [`Simulator`] (start), [`SimHandle`] (steer, stop) and the
 //!   supervisor that closes and reopens the listener.
+//! - [`tls`]: [`TlsConfig`], the optional `https://` / `wss://` mode.
 //!
 //! The `platform-sim` binary (`src/bin/platform-sim/`) serves a simulator
 //! and talks to a running one's control API.
@@ -43,6 +44,7 @@ mod reset;
 pub mod server;
 mod session;
 pub mod state;
+pub mod tls;
 pub mod wire;
 
 pub use config::SimConfig;
@@ -50,4 +52,5 @@ pub use control::{Command, DropMode, RawFrame};
 pub use error::SimError;
 pub use server::{SimHandle, Simulator};
 pub use state::{CommandResponse, CounterSnapshot, Event, EventFilter, EventKind, SessionInfo};
+pub use tls::TlsConfig;
 pub use wire::{Device, Message};

@@ -38,9 +38,14 @@ use tokio::sync::oneshot;
 /// connection's extensions, i.e. the connection.
 pub(crate) struct ConnFd(Rc<RawFd>);
 
-/// `HttpServer::on_connect` hook: remembers the socket of each connection.
+/// `HttpServer::on_connect` hook: remembers the socket of each connection,
+/// plain or (in TLS mode) under its TLS layer.
 pub(crate) fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+    let tcp = conn
+        .downcast_ref::<TcpStream>()
+        .or_else(|| conn.downcast_ref::<Tls>().map(|tls| tls.get_ref().0));
+    if let Some(tcp) = tcp {
         ext.insert(ConnFd(Rc::new(tcp.as_raw_fd())));
     }
 }

@@ -131,17 +131,21 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, SimError> {
     attempt().map_err(|source| SimError::Bind { addr, source })
 }
 
-/// Runs the actix-web server on `listener` with one worker; the server's
-/// own future is spawned on the current runtime.
+/// Runs the actix-web server on `listener` with one worker, over TLS when
+/// configured; the server's own future is spawned on the current runtime.
 fn serve(shared: &Arc<Shared>, listener: TcpListener) -> Result<ServerHandle, SimError> {
     let routes = configure(Arc::clone(shared));
-    let server = HttpServer::new(move || App::new().configure(routes.clone()))
+    let builder = HttpServer::new(move || App::new().configure(routes.clone()))
         .workers(1)
         .disable_signals()
         .shutdown_timeout(1)
-        .on_connect(reset::on_connect)
-        .listen(listener)?
-        .run();
+        .on_connect(reset::on_connect);
+    let server = match &shared.config.tls {
+        // Checked by `SimConfig::validate`; built again on each (re)start.
+        Some(tls) => builder.listen_rustls_0_23(listener, tls.server_config().map_err(SimError::Config)?)?,
+        None => builder.listen(listener)?,
+    }
+    .run();
     let handle = server.handle();
     tokio::spawn(async move {
         if let Err(error) = server.await {
@@ -275,9 +279,16 @@ impl SimHandle {
         self.inner.local_addr
     }
 
-    /// `http://127.0.0.1:PORT`: the `BASE` of PROTOCOL.md section 2.
+    /// `http://127.0.0.1:PORT` (`https://` in TLS mode): the `BASE` of
+    /// PROTOCOL.md section 2.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.inner.local_addr)
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.inner.local_addr)
+    }
+
+    /// Whether it serves `https://` and `wss://` ([`SimConfig::tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.shared().config.tls.is_some()
     }
 
     /// The lookup URL to give a connector (`CONNECTOR_LOOKUP_URL`).
@@ -285,9 +296,10 @@ impl SimHandle {
         format!("{}/{}", self.base_url(), self.shared().config.lookup_path)
     }
 
-    /// The WebSocket URL the lookup answers.
+    /// The WebSocket URL the lookup answers (`wss://` in TLS mode).
     pub fn socket_url(&self) -> String {
-        format!("ws://{}/ws", self.inner.local_addr)
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.inner.local_addr)
     }
 
     /// Root of the control API.

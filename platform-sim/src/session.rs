@@ -116,9 +116,12 @@ async fn run(
     tracing::info!(session_id = id, peer = ?peer, "session_opened");
     let mut session = session;
 
-    let end = match handshake(&shared, id, &mut session, &mut stream, &mut commands).await {
-        Ok(()) => frames(&shared, id, &mut session, &mut stream, &mut commands).await,
-        Err(end) => end,
+    let (end, authenticated) = match handshake(&shared, id, &mut session, &mut stream, &mut commands).await {
+        Ok(()) => (
+            frames(&shared, id, &mut session, &mut stream, &mut commands).await,
+            true,
+        ),
+        Err(end) => (end, false),
     };
 
     match end {
@@ -127,7 +130,12 @@ async fn run(
                 code,
                 description: Some(reason),
             };
+            // A clone keeps the response body, and so the connection, open
+            // while the peer's last frames and close reply are read.
+            let open = session.clone();
             let _ = session.close(Some(reason)).await;
+            read_until_close_reply(&shared, id, &mut stream, authenticated).await;
+            drop(open);
         }
         End::PeerClosed(reason) => {
             let _ = session.close(reason).await;
@@ -139,6 +147,35 @@ async fn run(
                 tracing::warn!(session_id = id, "session_reset_without_linger");
             }
             abort.abort();
+        }
+    }
+}
+
+/// How long a session that sent a close frame waits for the peer's reply.
+const CLOSE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After sending a close frame, goes on reading until the peer's close reply
+/// (RFC 6455 section 7.1.1), the end of the connection or
+/// [`CLOSE_REPLY_TIMEOUT`]. Frames the peer wrote before it saw our close
+/// are processed like any other, as a real platform's would be: a simulator
+/// that stopped reading at its own close would lose them.
+async fn read_until_close_reply(shared: &Shared, id: u64, stream: &mut AggregatedMessageStream, authenticated: bool) {
+    let deadline = tokio::time::Instant::now() + CLOSE_REPLY_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.recv()).await {
+            Err(_) => {
+                tracing::info!(session_id = id, "close_reply_timeout");
+                return;
+            }
+            Ok(None | Some(Err(_))) => return,
+            Ok(Some(Ok(AggregatedMessage::Close(_)))) => {
+                shared.bump(&shared.counters.close_frames);
+                return;
+            }
+            // Not authenticated: the session was refused, its frames are not events.
+            Ok(Some(Ok(AggregatedMessage::Text(text)))) if authenticated => on_text(shared, id, &text),
+            // Nothing is answered after our close.
+            Ok(Some(Ok(_))) => {}
         }
     }
 }

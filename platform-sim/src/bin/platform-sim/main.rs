@@ -5,10 +5,10 @@
 
 mod client;
 
-use std::{io::Write, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use platform_sim::{SimConfig, Simulator};
+use platform_sim::{SimConfig, Simulator, TlsConfig};
 use serde_json::{json, Value};
 
 const AFTER_HELP: &str = "\
@@ -36,7 +36,12 @@ Example:
   CONNECTOR_LOOKUP_URL=http://127.0.0.1:8093/lookup <your connector>
   platform-sim devices
   platform-sim command --device lamp-1 --endpoint on --body '{}' --wait-ms 5000
-  platform-sim events --follow";
+  platform-sim events --follow
+
+TLS: `serve --tls-cert cert.pem --tls-key key.pem` serves https:// and wss://
+on the same port (the lookup answers wss://HOST:PORT/ws); give the connector
+the CA with platform.ca_file. The client subcommands (devices, command, ...) speak plain HTTP
+only, so they cannot steer a simulator in TLS mode.";
 
 /// A SEPL platform simulator for connector tests and experiments.
 #[derive(Debug, Parser)]
@@ -95,6 +100,12 @@ struct ServeArgs {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Serve https:// and wss:// with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Which running simulator to talk to.
@@ -242,6 +253,10 @@ fn serve(args: ServeArgs) -> CliResult {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key).map_err(|e| e.to_string())?),
+        _ => None,
+    };
     let config = SimConfig {
         listen: args.listen,
         user: args.user,
@@ -251,6 +266,7 @@ fn serve(args: ServeArgs) -> CliResult {
         record_events: !args.count_only,
         event_capacity: args.event_capacity,
         max_frame_size: args.max_frame_size,
+        tls,
         ..SimConfig::default()
     };
     actix_rt::System::new().block_on(async move {

@@ -1,0 +1,773 @@
+//! Plugin libraries: opens the files `connector.yaml` lists under `plugins:`,
+//! checks their declaration (see [`connector_core::abi`]) and registers each
+//! plugin type they provide as a [`PluginFactory`], so that the device actor
+//! drives a loaded plugin exactly like a compiled-in one.
+//!
+//! # What is checked, and in which order
+//!
+//! Opening a file runs its initialisers, the one piece of library code that
+//! runs before any check (a Rust `cdylib` has none of its own). Then, before
+//! anything of the library is called:
+//!
+//! 1. the declaration symbol exists;
+//! 2. its 16-byte header, the part every ABI version shares, is read alone:
+//!    magic number, ABI version, and a size at least that of this version's
+//!    declaration. Only then is the rest read;
+//! 3. the panic strategy is `unwind` (with `abort`, a plugin panic would end
+//!    the connector instead of restarting a device);
+//! 4. the target matches, and the crate-API version is semver-compatible:
+//!    it fixes the JSON shapes of what crosses the boundary;
+//! 5. the function table is complete and the plugin names are distinct text.
+//!
+//! A different rustc is only a warning: nothing Rust-specific crosses the
+//! boundary (C ABI, byte slices, JSON), so a plugin built by last month's
+//! compiler is sound, and refusing it would force a rebuild of every plugin
+//! with each toolchain update. The warning is there because a mismatch is
+//! the first thing to suspect if one misbehaves.
+//!
+//! # Lifetime of a library
+//!
+//! Each file is opened once per process: the outcome is kept in a global map
+//! keyed by the canonical path, and a library is never closed. Plugin
+//! threads, event sinks held by them, and thread-local destructors may run
+//! library code at any time, so no moment is safe to unload it. A refused
+//! library stays open too, since its initialisers ran.
+//!
+//! # Calls
+//!
+//! A `DynamicPlugin` owns one instance. Its methods take `&mut self`, so
+//! calls are one at a time as the ABI requires, and `destroy` is called from
+//! `Drop` only: no call can reach an instance after it. The host context
+//! handed to the library lives in a `Box` the wrapper frees only after
+//! `destroy` returned; the SDK cuts every route to it before that.
+//!
+//! A panic caught by the library's shims comes back as
+//! [`abi::STATUS_PANIC`]. The wrapper re-raises it in the host's own frames
+//! with `resume_unwind`, so the device actor's `catch_unwind` sees exactly
+//! what a compiled-in plugin's panic gives: the device is restarted.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::fmt;
+use std::mem::{align_of, size_of};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use connector_core::abi::{
+    self, AbiOut, AbiStr, CommandFn, CreateFn, DeclarationHeader, DestroyFn, HostApi, PluginDeclaration, StartFn,
+    Status, StopFn,
+};
+use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, PluginFactory, PluginRegistry, Reply};
+use connector_core::Message as PlatformMessage;
+use libloading::Library;
+use tracing::{debug, error, info, trace, warn};
+
+/// Why a plugin library was refused. Each names the file as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin library {}: the file cannot be found or read: {reason}", path.display())]
+    NotFound { path: PathBuf, reason: String },
+    #[error("plugin library {}: cannot be opened: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "plugin library {}: exports no `{}`; is it built with connector-plugin-sdk's `export_plugins!`? ({reason})",
+        path.display(),
+        abi::DECLARATION_SYMBOL
+    )]
+    MissingSymbol { path: PathBuf, reason: String },
+    #[error(
+        "plugin library {}: `{}` is not a plugin declaration (magic number {found:#018x}, expected {:#018x})",
+        path.display(),
+        abi::DECLARATION_SYMBOL,
+        abi::MAGIC
+    )]
+    BadMagic { path: PathBuf, found: u64 },
+    #[error(
+        "plugin library {}: plugin ABI version {found}, but this runtime speaks version {}; rebuild the plugin \
+         against this runtime's connector-plugin-sdk",
+        path.display(),
+        abi::ABI_VERSION
+    )]
+    AbiVersion { path: PathBuf, found: u32 },
+    #[error(
+        "plugin library {}: its declaration is {found} bytes long, shorter than the {} bytes of ABI version {}",
+        path.display(),
+        size_of::<PluginDeclaration>(),
+        abi::ABI_VERSION
+    )]
+    TooShort { path: PathBuf, found: u32 },
+    #[error(
+        "plugin library {}: built with panic = \"abort\", so a plugin panic would end the whole connector; \
+         build it with panic = \"unwind\" (the default)",
+        path.display()
+    )]
+    PanicAbort { path: PathBuf },
+    #[error("plugin library {}: built for target {found}, but this runtime is {}", path.display(), abi::BUILD_TARGET)]
+    Target { path: PathBuf, found: String },
+    #[error(
+        "plugin library {}: built against connector-core {found}, which is not compatible with this runtime's {}",
+        path.display(),
+        abi::API_VERSION
+    )]
+    ApiVersion { path: PathBuf, found: String },
+    #[error("plugin library {}: {problem}", path.display())]
+    Malformed { path: PathBuf, problem: String },
+    #[error("plugin library {}: provides plugin {name:?}, but {other} has that name already", path.display())]
+    NameClash { path: PathBuf, name: String, other: String },
+}
+
+/// Every library problem of one config, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// The functions of a checked declaration.
+#[derive(Clone, Copy)]
+struct Functions {
+    create: CreateFn,
+    start: StartFn,
+    command: CommandFn,
+    stop: StopFn,
+    destroy: DestroyFn,
+}
+
+/// A checked, open plugin library. Never closed (see the module docs).
+pub struct PluginLibrary {
+    path: PathBuf,
+    names: Vec<String>,
+    rustc: String,
+    functions: Functions,
+}
+
+impl fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("path", &self.path)
+            .field("names", &self.names)
+            .field("rustc", &self.rustc)
+            .finish()
+    }
+}
+
+impl PluginLibrary {
+    /// The file, as configured when it was first opened.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The plugin types it provides.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// What the user should know but that does not stop the library from
+    /// loading: a compiler differing from the runtime's.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.rustc == abi::BUILD_RUSTC {
+            return Vec::new();
+        }
+        vec![format!(
+            "plugin library {}: built with {}, the runtime with {}; this works, but rebuild it if it misbehaves",
+            self.path.display(),
+            self.rustc,
+            abi::BUILD_RUSTC
+        )]
+    }
+
+    /// A factory for the plugin type `name` of this library.
+    fn factory(self: &Arc<Self>, name: &str) -> DynamicFactory {
+        DynamicFactory {
+            library: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// Outcomes of every open so far, by canonical path.
+static LIBRARIES: Mutex<BTreeMap<PathBuf, Result<Arc<PluginLibrary>, LoadError>>> = Mutex::new(BTreeMap::new());
+
+/// Opens and checks the library at `path`, once per process.
+pub fn open(path: &Path) -> Result<Arc<PluginLibrary>, LoadError> {
+    let canonical = path.canonicalize().map_err(|e| LoadError::NotFound {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut libraries = LIBRARIES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(outcome) = libraries.get(&canonical) {
+        return outcome.clone();
+    }
+    let outcome = open_uncached(path, &canonical);
+    match &outcome {
+        Ok(library) => {
+            info!(library = %path.display(), plugins = ?library.names, "plugin library loaded");
+            for warning in library.warnings() {
+                warn!("{warning}");
+            }
+        }
+        Err(e) => debug!(library = %path.display(), "plugin library refused: {e}"),
+    }
+    libraries.insert(canonical, outcome.clone());
+    outcome
+}
+
+fn open_uncached(path: &Path, canonical: &Path) -> Result<Arc<PluginLibrary>, LoadError> {
+    // SAFETY: opening runs the library's initialisers, which we cannot check
+    // beforehand; the user named this file as a plugin to run, and a Rust
+    // cdylib has no initialisers of its own.
+    let library = unsafe { Library::new(canonical) }.map_err(|e| LoadError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // Never closed: see the module docs.
+    let library: &'static Library = Box::leak(Box::new(library));
+    let symbol = format!("{}\0", abi::DECLARATION_SYMBOL);
+    // SAFETY: the symbol's value is taken as a bare address; what it points
+    // at is only read after `inspect` checked it.
+    let address = unsafe { library.get::<*const c_void>(symbol.as_bytes()) }
+        .map(|symbol| *symbol)
+        .map_err(|e| LoadError::MissingSymbol {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    // SAFETY: `address` is the exported declaration symbol of a library that
+    // stays loaded for the life of the process.
+    unsafe { inspect(path, address.cast()) }.map(Arc::new)
+}
+
+/// Checks the declaration at `address`, header first; see the module docs.
+///
+/// # Safety
+/// `address` is null or points at readable, unchanging memory at least a
+/// [`DeclarationHeader`] long that stays valid for the life of the process,
+/// and at least `header.size` bytes long when the header has the right magic
+/// and version (the library's own claim, which is all a host can go by).
+unsafe fn inspect(path: &Path, address: *const u8) -> Result<PluginLibrary, LoadError> {
+    let malformed = |problem: String| LoadError::Malformed {
+        path: path.to_owned(),
+        problem,
+    };
+    if address.is_null() || address.align_offset(align_of::<PluginDeclaration>()) != 0 {
+        return Err(malformed(format!(
+            "`{}` is at a null or misaligned address",
+            abi::DECLARATION_SYMBOL
+        )));
+    }
+    // SAFETY: every declaration starts with a header, aligned as checked.
+    let header = unsafe { address.cast::<DeclarationHeader>().read() };
+    if header.magic != abi::MAGIC {
+        return Err(LoadError::BadMagic {
+            path: path.to_owned(),
+            found: header.magic,
+        });
+    }
+    if header.abi_version != abi::ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            path: path.to_owned(),
+            found: header.abi_version,
+        });
+    }
+    if (header.size as usize) < size_of::<PluginDeclaration>() {
+        return Err(LoadError::TooShort {
+            path: path.to_owned(),
+            found: header.size,
+        });
+    }
+    // SAFETY: the header vouches for a whole declaration of this version,
+    // which lives as long as the never-closed library.
+    let declaration: &'static PluginDeclaration = unsafe { &*address.cast::<PluginDeclaration>() };
+
+    match declaration.panic_strategy {
+        abi::PANIC_UNWIND => {}
+        abi::PANIC_ABORT => return Err(LoadError::PanicAbort { path: path.to_owned() }),
+        other => return Err(malformed(format!("unknown panic strategy {other}"))),
+    }
+    // SAFETY: the declaration's texts point at the library's static data.
+    let text = |field: &str, value: AbiStr| match unsafe { value.as_str() } {
+        Ok(text) => Ok(text.to_owned()),
+        Err(_) => Err(malformed(format!("its {field} is not UTF-8"))),
+    };
+    let target = text("target", declaration.target)?;
+    if target != abi::BUILD_TARGET {
+        return Err(LoadError::Target {
+            path: path.to_owned(),
+            found: target,
+        });
+    }
+    let api_version = text("API version", declaration.api_version)?;
+    if !abi::api_compatible(abi::API_VERSION, &api_version) {
+        return Err(LoadError::ApiVersion {
+            path: path.to_owned(),
+            found: api_version,
+        });
+    }
+    let rustc = text("rustc version", declaration.rustc_version)?;
+
+    let table = declaration.functions;
+    let missing = |name: &str| malformed(format!("declares no `{name}` function"));
+    let functions = Functions {
+        create: table.create.ok_or_else(|| missing("create"))?,
+        start: table.start.ok_or_else(|| missing("start"))?,
+        command: table.command.ok_or_else(|| missing("command"))?,
+        stop: table.stop.ok_or_else(|| missing("stop"))?,
+        destroy: table.destroy.ok_or_else(|| missing("destroy"))?,
+    };
+
+    if declaration.plugin_count == 0 || declaration.plugin_names.is_null() {
+        return Err(malformed("declares no plugin types".into()));
+    }
+    // SAFETY: `plugin_count` names at `plugin_names`, static in the library.
+    let raw_names = unsafe { std::slice::from_raw_parts(declaration.plugin_names, declaration.plugin_count) };
+    let mut names: Vec<String> = Vec::with_capacity(raw_names.len());
+    for raw in raw_names {
+        let name = text("plugin name", *raw)?;
+        if name.is_empty() {
+            return Err(malformed("declares a plugin with an empty name".into()));
+        }
+        if names.contains(&name) {
+            return Err(malformed(format!("declares plugin {name:?} twice")));
+        }
+        names.push(name);
+    }
+    Ok(PluginLibrary {
+        path: path.to_owned(),
+        names,
+        rustc,
+        functions,
+    })
+}
+
+/// Opens every library of `paths` and registers its plugin types in
+/// `registry`. A name that is already there (compiled in, or from an earlier
+/// library) is an error naming both. All problems are reported together.
+pub fn register_libraries(
+    registry: &mut PluginRegistry,
+    paths: &[PathBuf],
+) -> Result<Vec<Arc<PluginLibrary>>, LoadErrors> {
+    let mut errors = Vec::new();
+    let mut loaded: Vec<Arc<PluginLibrary>> = Vec::new();
+    let mut from_library: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in paths {
+        let library = match open(path) {
+            Ok(library) => library,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        // The same file listed twice is the same library, not a clash.
+        if loaded.iter().any(|known| Arc::ptr_eq(known, &library)) {
+            continue;
+        }
+        for name in library.names() {
+            let other = match from_library.get(name) {
+                Some(first) => Some(format!("plugin library {}", first.display())),
+                None if registry.contains(name) => Some(format!("the compiled-in plugin {name:?}")),
+                None => None,
+            };
+            match other {
+                Some(other) => errors.push(LoadError::NameClash {
+                    path: path.clone(),
+                    name: name.clone(),
+                    other,
+                }),
+                None => {
+                    from_library.insert(name.clone(), path.clone());
+                    registry.register(name.clone(), library.factory(name));
+                }
+            }
+        }
+        loaded.push(library);
+    }
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+/// Makes instances of one plugin type of a library.
+struct DynamicFactory {
+    library: Arc<PluginLibrary>,
+    name: String,
+}
+
+/// What the library's host functions get as their context: one per instance.
+struct HostContext {
+    device_id: String,
+    plugin: String,
+    /// The runtime's sink for this device, from `start` until `stop`.
+    sink: RwLock<Option<EventSink>>,
+}
+
+impl HostContext {
+    fn sink(&self) -> Option<EventSink> {
+        self.sink.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_sink(&self, sink: Option<EventSink>) {
+        *self.sink.write().unwrap_or_else(PoisonError::into_inner) = sink;
+    }
+}
+
+/// The host's table, the same for every instance; a static, so it outlives
+/// every library.
+static HOST_API: HostApi = HostApi {
+    size: size_of::<HostApi>() as u32,
+    emit: Some(host_emit),
+    log: Some(host_log),
+    report_failure: Some(host_report_failure),
+};
+
+/// The context behind a host-function call.
+///
+/// # Safety
+/// `ctx` is null or a context the wrapper handed to `create` and has not
+/// freed; the SDK guarantees the latter by cutting its link before `destroy`
+/// returns.
+unsafe fn context<'a>(ctx: *mut c_void) -> Option<&'a HostContext> {
+    // SAFETY: see the function's contract; only shared references are made.
+    unsafe { ctx.cast::<HostContext>().cast_const().as_ref() }
+}
+
+unsafe extern "C" fn host_emit(ctx: *mut c_void, event_json: AbiStr) -> Status {
+    // Nothing may unwind out of an extern "C" function; a panic here is ours.
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the library passes back the context it got, while it is valid.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return abi::STATUS_INVALID;
+        };
+        // SAFETY: the event is readable for the call.
+        let event: PlatformMessage = match serde_json::from_slice(unsafe { event_json.as_bytes() }) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(device_id = %context.device_id, "plugin sent an event that does not parse: {e}");
+                return abi::STATUS_INVALID;
+            }
+        };
+        match context.sink().map(|sink| sink.send(event)) {
+            Some(Ok(())) => abi::STATUS_OK,
+            Some(Err(_)) | None => abi::STATUS_STOPPED,
+        }
+    }))
+    .unwrap_or(abi::STATUS_PANIC)
+}
+
+unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: AbiStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the message is readable for the call.
+        let message = String::from_utf8_lossy(unsafe { message.as_bytes() });
+        // SAFETY: null or the live context, as for emit.
+        let (device_id, plugin) = match unsafe { context(ctx) } {
+            Some(context) => (context.device_id.as_str(), context.plugin.as_str()),
+            None => ("", ""),
+        };
+        match level {
+            abi::LOG_ERROR => error!(target: "plugin", device_id, plugin, "{message}"),
+            abi::LOG_WARN => warn!(target: "plugin", device_id, plugin, "{message}"),
+            abi::LOG_INFO => info!(target: "plugin", device_id, plugin, "{message}"),
+            abi::LOG_DEBUG => debug!(target: "plugin", device_id, plugin, "{message}"),
+            _ => trace!(target: "plugin", device_id, plugin, "{message}"),
+        }
+    }));
+}
+
+unsafe extern "C" fn host_report_failure(ctx: *mut c_void, reason: AbiStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the live context, as for emit.
+        if let Some(context) = unsafe { context(ctx) } {
+            // SAFETY: the reason is readable for the call.
+            let reason = String::from_utf8_lossy(unsafe { reason.as_bytes() });
+            if let Some(sink) = context.sink() {
+                sink.report_failure(reason);
+            }
+        }
+    }));
+}
+
+/// Collects what a library function writes to its `out`.
+unsafe extern "C" fn write_out(ctx: *mut c_void, bytes: AbiStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the `Vec` of `Answer::out`, borrowed mutably for the call.
+        if let Some(buffer) = unsafe { ctx.cast::<Vec<u8>>().as_mut() } {
+            buffer.clear();
+            // SAFETY: the bytes are readable for the call.
+            buffer.extend_from_slice(unsafe { bytes.as_bytes() });
+        }
+    }));
+}
+
+/// The text a library function answered with.
+#[derive(Default)]
+struct Answer(Vec<u8>);
+
+impl Answer {
+    /// A writer into this answer, valid while `self` is borrowed.
+    fn out(&mut self) -> AbiOut {
+        AbiOut {
+            ctx: (&mut self.0 as *mut Vec<u8>).cast(),
+            write: write_out,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+/// What a status other than OK means for the device: an error, or a panic
+/// re-raised in the host so the device actor restarts the device.
+fn failure(library: &PluginLibrary, call: &str, status: Status, answer: &Answer) -> PluginError {
+    let text = answer.text();
+    match status {
+        abi::STATUS_ERROR => PluginError::new(text),
+        abi::STATUS_PANIC => resume_unwind(Box::new(text)),
+        other => PluginError::new(format!(
+            "plugin library {}: `{call}` failed with status {other}: {text}",
+            library.path.display()
+        )),
+    }
+}
+
+impl PluginFactory for DynamicFactory {
+    fn create(&self, spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+        let spec_json = serde_json::to_vec(spec).map_err(|e| PluginError::new(format!("spec to JSON: {e}")))?;
+        let context = Box::new(HostContext {
+            device_id: spec.id().to_owned(),
+            plugin: self.name.clone(),
+            sink: RwLock::new(None),
+        });
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        let mut answer = Answer::default();
+        // SAFETY: inputs are borrowed for the call; `HOST_API` is static; the
+        // context is boxed and freed only after `destroy` (or right here if
+        // no instance was made); `instance` is writable.
+        let status = unsafe {
+            (self.library.functions.create)(
+                AbiStr::new(self.name.as_bytes()),
+                AbiStr::new(&spec_json),
+                &HOST_API,
+                (&*context as *const HostContext).cast_mut().cast(),
+                &mut instance,
+                answer.out(),
+            )
+        };
+        if status != abi::STATUS_OK {
+            return Err(failure(&self.library, "create", status, &answer));
+        }
+        if instance.is_null() {
+            return Err(PluginError::new(format!(
+                "plugin library {}: `create` returned no instance",
+                self.library.path.display()
+            )));
+        }
+        Ok(Box::new(DynamicPlugin {
+            library: self.library.clone(),
+            instance,
+            context,
+        }))
+    }
+}
+
+/// One instance of a library's plugin, as a [`DevicePlugin`].
+struct DynamicPlugin {
+    library: Arc<PluginLibrary>,
+    /// Live from `create` until `Drop` destroys it.
+    instance: *mut c_void,
+    /// Handed to the library with the instance; freed after `destroy`.
+    context: Box<HostContext>,
+}
+
+// SAFETY: the ABI allows an instance's functions to be called from any
+// thread, one at a time, which `&mut self` on every call guarantees.
+unsafe impl Send for DynamicPlugin {}
+
+impl DynamicPlugin {
+    fn check(&self, call: &str, status: Status, answer: &Answer) -> Result<(), PluginError> {
+        if status == abi::STATUS_OK {
+            Ok(())
+        } else {
+            Err(failure(&self.library, call, status, answer))
+        }
+    }
+}
+
+impl DevicePlugin for DynamicPlugin {
+    fn start(&mut self, events: EventSink) -> Result<(), PluginError> {
+        self.context.set_sink(Some(events));
+        let mut answer = Answer::default();
+        // SAFETY: a live instance (destroyed only in Drop), one call at a time.
+        let status = unsafe { (self.library.functions.start)(self.instance, answer.out()) };
+        self.check("start", status, &answer)
+    }
+
+    fn command(&mut self, command: &PlatformMessage) -> Result<Reply, PluginError> {
+        let json = serde_json::to_vec(command).map_err(|e| PluginError::new(format!("command to JSON: {e}")))?;
+        let mut answer = Answer::default();
+        // SAFETY: a live instance, one call at a time; the command is borrowed for the call.
+        let status = unsafe { (self.library.functions.command)(self.instance, AbiStr::new(&json), answer.out()) };
+        self.check("command", status, &answer)?;
+        serde_json::from_slice(&answer.0).map_err(|e| {
+            PluginError::new(format!(
+                "plugin library {}: the reply does not parse: {e}",
+                self.library.path.display()
+            ))
+        })
+    }
+
+    fn stop(&mut self) {
+        let mut answer = Answer::default();
+        // SAFETY: a live instance, one call at a time.
+        let status = unsafe { (self.library.functions.stop)(self.instance, answer.out()) };
+        self.context.set_sink(None);
+        if status == abi::STATUS_PANIC {
+            // The device actor reports it like a compiled-in plugin's panic.
+            resume_unwind(Box::new(answer.text()));
+        }
+    }
+}
+
+impl Drop for DynamicPlugin {
+    fn drop(&mut self) {
+        // SAFETY: the instance is live, and this is the last call with it:
+        // `self` is going away and no other code has the pointer.
+        let status = unsafe { (self.library.functions.destroy)(self.instance) };
+        self.instance = std::ptr::null_mut();
+        if status != abi::STATUS_OK {
+            warn!(device_id = %self.context.device_id, status, "plugin failed while being destroyed");
+        }
+        // `context` is freed after this, once the library can no longer use it.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspect_static(declaration: &'static PluginDeclaration) -> Result<PluginLibrary, LoadError> {
+        // SAFETY: a whole, static declaration.
+        unsafe {
+            inspect(
+                Path::new("libtest.so"),
+                (declaration as *const PluginDeclaration).cast(),
+            )
+        }
+    }
+
+    const NAMES: &[AbiStr] = &[AbiStr::from_static("one"), AbiStr::from_static("two")];
+
+    unsafe extern "C" fn never_create(
+        _: AbiStr,
+        _: AbiStr,
+        _: *const HostApi,
+        _: *mut c_void,
+        _: *mut *mut c_void,
+        _: AbiOut,
+    ) -> Status {
+        unreachable!("inspect calls nothing")
+    }
+
+    const fn good() -> PluginDeclaration {
+        PluginDeclaration {
+            header: DeclarationHeader::current(),
+            api_version: AbiStr::from_static(abi::API_VERSION),
+            rustc_version: AbiStr::from_static(abi::BUILD_RUSTC),
+            target: AbiStr::from_static(abi::BUILD_TARGET),
+            panic_strategy: abi::PANIC_UNWIND,
+            plugin_names: NAMES.as_ptr(),
+            plugin_count: NAMES.len(),
+            functions: abi::PluginFunctions {
+                create: Some(never_create),
+                start: Some(never_start),
+                command: Some(never_command),
+                stop: Some(never_stop),
+                destroy: Some(never_destroy),
+            },
+        }
+    }
+
+    #[test]
+    fn an_incomplete_function_table_is_refused_by_name() {
+        static DECLARATION: PluginDeclaration = PluginDeclaration {
+            functions: abi::PluginFunctions {
+                start: None,
+                ..good().functions
+            },
+            ..good()
+        };
+        let err = inspect_static(&DECLARATION).unwrap_err().to_string();
+        assert_eq!(err, "plugin library libtest.so: declares no `start` function");
+    }
+
+    #[test]
+    fn another_target_or_an_incompatible_api_version_is_refused() {
+        static TARGET: PluginDeclaration = PluginDeclaration {
+            target: AbiStr::from_static("riscv64gc-unknown-none-elf"),
+            ..good()
+        };
+        static API: PluginDeclaration = PluginDeclaration {
+            api_version: AbiStr::from_static("7.0.0"),
+            ..good()
+        };
+        let err = inspect_static(&TARGET).unwrap_err().to_string();
+        assert!(
+            err.contains("built for target riscv64gc-unknown-none-elf, but this runtime is"),
+            "{err}"
+        );
+        let err = inspect_static(&API).unwrap_err().to_string();
+        assert!(
+            err.contains("built against connector-core 7.0.0, which is not compatible"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_or_empty_plugin_names_are_refused() {
+        const TWICE: &[AbiStr] = &[AbiStr::from_static("one"), AbiStr::from_static("one")];
+        static DUPLICATE: PluginDeclaration = PluginDeclaration {
+            plugin_names: TWICE.as_ptr(),
+            plugin_count: TWICE.len(),
+            ..good()
+        };
+        static NONE: PluginDeclaration = PluginDeclaration {
+            plugin_count: 0,
+            ..good()
+        };
+        let err = inspect_static(&DUPLICATE).unwrap_err().to_string();
+        assert!(err.ends_with("declares plugin \"one\" twice"), "{err}");
+        let err = inspect_static(&NONE).unwrap_err().to_string();
+        assert!(err.ends_with("declares no plugin types"), "{err}");
+    }
+
+    #[test]
+    fn a_library_built_by_another_rustc_loads_with_a_warning() {
+        static OTHER_RUSTC: PluginDeclaration = PluginDeclaration {
+            rustc_version: AbiStr::from_static("rustc 1.80.0 (051478957 2024-07-21)"),
+            ..good()
+        };
+        let library = inspect_static(&OTHER_RUSTC).unwrap();
+        assert_eq!(library.names(), ["one", "two"]);
+        let warnings = library.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("built with rustc 1.80.0"), "{warnings:?}");
+    }
+
+    unsafe extern "C" fn never_start(_: *mut c_void, _: AbiOut) -> Status {
+        unreachable!()
+    }
+    unsafe extern "C" fn never_command(_: *mut c_void, _: AbiStr, _: AbiOut) -> Status {
+        unreachable!()
+    }
+    unsafe extern "C" fn never_stop(_: *mut c_void, _: AbiOut) -> Status {
+        unreachable!()
+    }
+    unsafe extern "C" fn never_destroy(_: *mut c_void) -> Status {
+        unreachable!()
+    }
+}
