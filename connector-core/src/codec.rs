@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::model::Message;
@@ -181,6 +181,14 @@ pub fn decode_outgoing(frame: &str) -> Result<(FrameKind, Option<Message>), Fram
 }
 
 fn decode_object(text: &str) -> Result<Message, FrameError> {
+    match decode_well_formed(text) {
+        Some(message) => Ok(message),
+        None => decode_tree(text),
+    }
+}
+
+/// The general way: a JSON tree first, then each key checked.
+fn decode_tree(text: &str) -> Result<Message, FrameError> {
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError::NotJson {
         reason: e.to_string(),
         excerpt: excerpt(text.as_bytes()),
@@ -202,6 +210,79 @@ fn decode_object(text: &str) -> Result<Message, FrameError> {
         instance_id: fields.string("device_instance_id")?,
         worker_id: fields.string("worker_id")?,
         output_name: fields.string("output_name")?,
+        payload_header,
+        payload,
+    })
+}
+
+/// The common case in one typed pass, without building a JSON tree first
+/// (that tree was most of the cost of a command): an object whose keys all
+/// have the expected types. Anything else is `None` and goes the general
+/// way, which gives the same message for what this accepts and names what
+/// is wrong with the rest.
+fn decode_well_formed(text: &str) -> Option<Message> {
+    #[derive(Deserialize)]
+    struct Wire {
+        #[serde(default)]
+        device_url: Option<String>,
+        #[serde(default)]
+        service_url: Option<String>,
+        #[serde(default)]
+        service_name: Option<String>,
+        #[serde(default)]
+        time: Option<Time>,
+        #[serde(default)]
+        task_id: Option<String>,
+        #[serde(default)]
+        protocol_parts: Option<Vec<Part>>,
+        #[serde(default)]
+        device_instance_id: Option<String>,
+        #[serde(default)]
+        worker_id: Option<String>,
+        #[serde(default)]
+        output_name: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Number(u64),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        value: Option<String>,
+    }
+    // serde reads a struct from an array too; the protocol wants an object.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let wire: Wire = serde_json::from_str(text).ok()?;
+    let timestamp = match wire.time {
+        None => None,
+        Some(Time::Number(n)) => Some(n),
+        Some(Time::Text(s)) if s.is_empty() => None,
+        Some(Time::Text(s)) => Some(s.trim().parse().ok()?),
+    };
+    let (mut payload_header, mut payload) = (String::new(), String::new());
+    for part in wire.protocol_parts.unwrap_or_default() {
+        match part.name.as_deref() {
+            Some("header") => payload_header = part.value.unwrap_or_default(),
+            Some("body") => payload = part.value.unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Some(Message {
+        device_id: wire.device_url.unwrap_or_default(),
+        endpoint: wire.service_url.unwrap_or_default(),
+        endpoint_name: wire.service_name.unwrap_or_default(),
+        timestamp,
+        task_id: wire.task_id.unwrap_or_default(),
+        instance_id: wire.device_instance_id.unwrap_or_default(),
+        worker_id: wire.worker_id.unwrap_or_default(),
+        output_name: wire.output_name.unwrap_or_default(),
         payload_header,
         payload,
     })
@@ -286,63 +367,146 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// The object of PROTOCOL.md section 4, borrowed from a [`Message`] so that
-/// encoding costs one buffer and no copies of the fields.
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    device_url: &'a str,
-    service_url: &'a str,
-    service_name: &'a str,
-    time: String,
-    task_id: &'a str,
-    protocol_parts: Vec<Part<'a>>,
-    device_instance_id: &'a str,
-    worker_id: &'a str,
-    output_name: &'a str,
-}
-
-#[derive(Serialize)]
-struct Part<'a> {
-    name: &'static str,
-    value: &'a str,
-}
-
 /// Encodes a message as the frame it goes out as: `response:{..}` when it has
 /// a task id, `change:{..}` otherwise. A message without a timestamp is
 /// stamped with `now` (Unix seconds).
+///
+/// Written by hand rather than through serde: this runs once per event on
+/// the device's thread and was the largest cost of an event. The string is
+/// sized exactly first, so it is one allocation whose capacity equals its
+/// length (the buffer then takes it over without another allocation). The
+/// bytes are the same as `serde_json`'s (compact, same escapes; a test
+/// compares them).
 pub fn encode_message(message: &Message, now: u64) -> String {
-    let mut parts = Vec::with_capacity(2);
-    if !message.payload_header.is_empty() {
-        parts.push(Part {
-            name: "header",
-            value: &message.payload_header,
-        });
-    }
-    if !message.payload.is_empty() {
-        parts.push(Part {
-            name: "body",
-            value: &message.payload,
-        });
-    }
-    let wire = WireMessage {
-        device_url: &message.device_id,
-        service_url: &message.endpoint,
-        service_name: &message.endpoint_name,
-        time: message.timestamp.unwrap_or(now).to_string(),
-        task_id: &message.task_id,
-        protocol_parts: parts,
-        device_instance_id: &message.instance_id,
-        worker_id: &message.worker_id,
-        output_name: &message.output_name,
-    };
     let prefix = match FrameKind::of(message) {
         FrameKind::Response => RESPONSE_PREFIX,
         _ => CHANGE_PREFIX,
     };
-    let mut out = Vec::with_capacity(prefix.len() + 192 + message.payload.len());
-    out.extend_from_slice(prefix.as_bytes());
-    serde_json::to_writer(&mut out, &wire).expect("a struct of strings always serializes");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    let time = message.timestamp.unwrap_or(now);
+    let mut digits = [0u8; 20];
+    let time = decimal(time, &mut digits);
+    let (header, body) = (&message.payload_header, &message.payload);
+    let fields: [(&str, &str); 8] = [
+        ("device_url", &message.device_id),
+        ("service_url", &message.endpoint),
+        ("service_name", &message.endpoint_name),
+        ("time", time),
+        ("task_id", &message.task_id),
+        ("device_instance_id", &message.instance_id),
+        ("worker_id", &message.worker_id),
+        ("output_name", &message.output_name),
+    ];
+    let parts = [("header", header), ("body", body)];
+    // Exact length: prefix, braces, `"key":"value"` per field with commas, the parts.
+    let mut len = prefix.len() + 2;
+    for (key, value) in fields {
+        len += key.len() + escaped_len(value) + 4;
+    }
+    len += r#""protocol_parts":[],"#.len();
+    let mut first_part = true;
+    for (name, value) in parts.iter().filter(|(_, v)| !v.is_empty()) {
+        len += r#"{"name":"","value":}"#.len() + name.len() + escaped_len(value) + usize::from(!first_part);
+        first_part = false;
+    }
+    len -= 1; // no comma after the last field
+    let mut out = String::with_capacity(len);
+    out.push_str(prefix);
+    out.push('{');
+    for (i, (key, value)) in fields.iter().enumerate() {
+        // `protocol_parts` stands between `task_id` and `device_instance_id`.
+        if *key == "device_instance_id" {
+            out.push_str(r#""protocol_parts":["#);
+            let mut first = true;
+            for (name, value) in parts.iter().filter(|(_, v)| !v.is_empty()) {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(r#"{"name":""#);
+                out.push_str(name);
+                out.push_str(r#"","value":"#);
+                push_json_str(&mut out, value);
+                out.push('}');
+            }
+            out.push_str("],");
+        }
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        push_json_str(&mut out, value);
+        if i + 1 < fields.len() {
+            out.push(',');
+        }
+    }
+    out.push('}');
+    debug_assert_eq!(out.len(), len, "the length is computed exactly");
+    out
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
+/// How a byte is escaped inside a JSON string, as serde_json does it:
+/// 0 = as it is, 2 = a two-byte escape (`\n`), 6 = `\u00XX`.
+fn escape_width(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+        0..=0x1f => 6,
+        _ => 0,
+    }
+}
+
+/// Length of `s` as a JSON string, quotes included.
+fn escaped_len(s: &str) -> usize {
+    let extra: usize = s
+        .bytes()
+        .map(|b| match escape_width(b) {
+            0 => 0,
+            w => w - 1,
+        })
+        .sum();
+    s.len() + extra + 2
+}
+
+/// Appends `s` as a JSON string, quotes included.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if escape_width(b) == 0 {
+            continue;
+        }
+        out.push_str(&s[plain..i]);
+        plain = i + 1;
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+        }
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
 }
 
 /// The first frame of a session (PROTOCOL.md section 3).
@@ -418,6 +582,70 @@ mod tests {
     fn an_empty_payload_and_header_give_empty_protocol_parts() {
         let frame = encode_message(&Message::event("d", "e", ""), 5);
         assert!(frame.contains(r#""protocol_parts":[]"#), "{frame}");
+    }
+
+    #[test]
+    fn encoding_escapes_every_string_as_serde_json_does() {
+        let tricky = [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\ncr\rtab\t",
+            "\u{8}\u{c}\u{0}\u{1f}\u{7f}",
+            "ünï/cödé €",
+        ];
+        for text in tricky {
+            let message = Message {
+                device_id: text.into(),
+                endpoint: text.into(),
+                payload_header: text.into(),
+                payload: text.into(),
+                ..Message::default()
+            };
+            let s = |v: &str| serde_json::to_string(v).unwrap();
+            let parts = match text.is_empty() {
+                true => String::new(),
+                false => format!(
+                    r#"{{"name":"header","value":{0}}},{{"name":"body","value":{0}}}"#,
+                    s(text)
+                ),
+            };
+            let want = format!(
+                r#"change:{{"device_url":{0},"service_url":{0},"service_name":"","time":"7","task_id":"","protocol_parts":[{1}],"device_instance_id":"","worker_id":"","output_name":""}}"#,
+                s(text),
+                parts
+            );
+            let got = encode_message(&message, 7);
+            assert_eq!(got, want);
+            assert_eq!(got.len(), got.capacity(), "sized exactly: {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_typed_fast_path_reads_what_the_general_way_reads() {
+        let frames = [
+            GOLDEN_COMMAND,
+            r#"{}"#,
+            r#"{"device_url":"d","time":17,"task_id":"t","extra":{"x":[1,2]}}"#,
+            r#"{"device_url":null,"time":" 42 ","protocol_parts":null}"#,
+            r#"{"time":"","protocol_parts":[{"name":"body","value":"a"},{"name":"other","value":"x"},{"name":"body","value":"b\n\u00e9"}]}"#,
+            r#"{"protocol_parts":[{"name":null},{"value":"v"},{"name":"header","value":null,"more":1}]}"#,
+        ];
+        for frame in frames {
+            let fast = decode_well_formed(frame).unwrap_or_else(|| panic!("fast path refused {frame}"));
+            assert_eq!(Ok(fast), decode_tree(frame), "{frame}");
+        }
+        // What the fast path refuses, the general way explains.
+        for frame in [
+            r#"[]"#,
+            r#"{"time":-1}"#,
+            r#"{"time":"soon"}"#,
+            r#"{"device_url":1}"#,
+            r#"{"task_id":"a","task_id":"b"}"#,
+        ] {
+            assert_eq!(decode_well_formed(frame), None, "{frame}");
+        }
     }
 
     #[test]

@@ -425,6 +425,14 @@ impl Config {
         }
     }
 
+    /// The 1-based line of `key` (written like `platform.ca_file` or
+    /// `devices[2].settings`) in config text, or of the nearest enclosing
+    /// entry: for checks made after loading (CA file, plugin settings) that
+    /// should point at the line to fix like the loader's own errors do.
+    pub fn line_of(text: &str, key: &str) -> Option<usize> {
+        yaml::locate_nearest(text, &yaml::parse_path(key)).map(|(line, _)| line)
+    }
+
     /// The seed's way, with no file: defaults overridden by the environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         let mut config = Config::default();

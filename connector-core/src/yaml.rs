@@ -44,7 +44,7 @@ pub(crate) fn path_to_string(path: &[Seg]) -> String {
 
 /// Reads serde_yaml's path text back into steps. Keys holding `.` or `[`
 /// split wrongly; that only costs a less precise position.
-fn parse_path(text: &str) -> Vec<Seg> {
+pub(crate) fn parse_path(text: &str) -> Vec<Seg> {
     let mut path = Vec::new();
     for part in text.split('.') {
         let (name, mut indexes) = match part.find('[') {

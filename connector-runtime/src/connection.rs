@@ -44,6 +44,7 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::frames::{FrameCodec, Inbound};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Frame, OutboxHandle};
 use crate::registry::{IncomingCommand, LinkDown, LinkUp, RegistryActor};
@@ -58,10 +59,6 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// enough that a lost link has little in flight to give back.
 const BATCH_FRAMES: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
-/// Frames larger than the configured limit are still read whole (and then
-/// refused by the codec) up to this many times the limit; beyond it the
-/// socket codec gives up on the session.
-const READ_LIMIT_FACTOR: usize = 4;
 
 /// What the connection needs to know, taken from the checked config.
 #[derive(Debug, Clone)]
@@ -80,7 +77,7 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
 }
 
-type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
+type WsSink = SplitSink<actix_codec::Framed<awc::BoxedSocket, FrameCodec>, ws::Message>;
 
 /// What the actor tells the session's writer.
 enum WriterCmd {
@@ -126,7 +123,7 @@ struct Session {
 
 /// An item of the socket's read half, tagged with its session so that a late
 /// item of a session already given up is ignored.
-struct Incoming(u64, Result<ws::Frame, WsProtocolError>);
+struct Incoming(u64, Result<Inbound, WsProtocolError>);
 
 impl Message for Incoming {
     type Result = ();
@@ -190,7 +187,7 @@ impl ConnectionActor {
                 .http
                 .awc()
                 .ws(url.ws_url())
-                .max_frame_size(settings.max_frame_bytes.saturating_mul(READ_LIMIT_FACTOR))
+                .max_frame_size(settings.max_frame_bytes)
                 .connect()
                 .await
                 .map_err(|e| format!("WebSocket connect to {url} failed: {e}"))?;
@@ -216,6 +213,9 @@ impl ConnectionActor {
         }
         self.next_session += 1;
         let id = self.next_session;
+        // Our codec reads the same bytes but skips oversized frames instead
+        // of buffering them whole (see crate::frames); writes are unchanged.
+        let framed = framed.replace_codec(FrameCodec::new(self.settings.max_frame_bytes));
         let (sink, stream) = framed.split();
         let reader = ctx.add_stream(stream.map(move |item| Incoming(id, item)));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -373,7 +373,7 @@ impl StreamHandler<Incoming> for ConnectionActor {
         if let State::Closing(session) = &self.state {
             // Shutting down: only the platform's close reply (or the end of
             // the connection) matters now.
-            if session.id == id && matches!(item, Ok(ws::Frame::Close(_)) | Err(_)) {
+            if session.id == id && matches!(item, Ok(Inbound::Frame(ws::Frame::Close(_))) | Err(_)) {
                 self.finish_shutdown(ctx);
             }
             return;
@@ -381,22 +381,19 @@ impl StreamHandler<Incoming> for ConnectionActor {
         let limit = self.settings.max_frame_bytes;
         let Some(session) = self.session(id) else { return };
         let frame = match item {
-            Ok(frame) => frame,
-            Err(WsProtocolError::Overflow) => {
-                // A frame past READ_LIMIT_FACTOR times the limit cannot be
-                // skipped, so the session ends; it is still a bad frame and
-                // must be counted like the smaller ones (PROTOCOL.md section 4).
-                Stats::bump(&self.stats().bad_frames);
-                let read_limit = limit.saturating_mul(READ_LIMIT_FACTOR);
-                warn!(
-                    kind = "too_large",
-                    read_limit, "dropped a frame too large to read; ending the session"
-                );
-                return self.link_lost(
-                    id,
-                    format!("a frame from the platform exceeded {read_limit} bytes"),
-                    ctx,
-                );
+            Ok(Inbound::Frame(frame)) => frame,
+            Ok(Inbound::Oversized { len, fragment, excerpt }) => {
+                // Skipped by the codec without buffering it; a bad frame like
+                // any other (PROTOCOL.md section 4), and the session goes on.
+                if fragment {
+                    // The rest of its message is dropped with it.
+                    session.partial = None;
+                }
+                return self.bad_frame(&FrameError::TooLarge {
+                    len: usize::try_from(len).unwrap_or(usize::MAX),
+                    limit,
+                    excerpt: codec::excerpt(&excerpt),
+                });
             }
             Err(e) => return self.link_lost(id, format!("socket error: {e}"), ctx),
         };

@@ -71,12 +71,21 @@ pub struct Connector {
 pub struct ConnectorBuilder {
     config: Config,
     plugins: PluginRegistry,
+    device_mailbox: usize,
 }
 
 impl ConnectorBuilder {
     /// Adds a compiled-in plugin under `name`, for the config's `plugin:` key.
     pub fn plugin(mut self, name: impl Into<String>, factory: impl connector_core::plugin::PluginFactory) -> Self {
         self.plugins.register(name, factory);
+        self
+    }
+
+    /// How many commands each device may have waiting before further ones
+    /// are refused with an error reply (default
+    /// [`MAILBOX_CAPACITY`](crate::device::MAILBOX_CAPACITY); at least 1).
+    pub fn device_mailbox(mut self, capacity: usize) -> Self {
+        self.device_mailbox = capacity;
         self
     }
 
@@ -90,7 +99,11 @@ impl ConnectorBuilder {
     /// actor per configured device. Every device's plugin must be known
     /// before anything starts.
     pub async fn start(self) -> Result<Connector, StartError> {
-        let ConnectorBuilder { config, mut plugins } = self;
+        let ConnectorBuilder {
+            config,
+            mut plugins,
+            device_mailbox,
+        } = self;
         config.validate()?;
         // Libraries join the compiled-in plugins; each file is opened once per process.
         crate::loader::register_libraries(&mut plugins, &config.plugins)?;
@@ -129,6 +142,7 @@ impl ConnectorBuilder {
             events.clone(),
             program_tx,
         )
+        .with_mailbox_capacity(device_mailbox)
         .start();
         let plugins = Arc::new(plugins);
         for spec in specs {
@@ -199,6 +213,7 @@ impl Connector {
         ConnectorBuilder {
             config,
             plugins: connector_plugins::builtin(),
+            device_mailbox: crate::device::MAILBOX_CAPACITY,
         }
     }
 

@@ -8,7 +8,7 @@
 //! give up on a device.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,73 @@ use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Frame, OutboxHandle};
 
 /// Restart delays of a crashing plugin: quick at first, never a hot loop.
-const RESTART_INITIAL: Duration = Duration::from_millis(100);
-const RESTART_MAX: Duration = Duration::from_secs(30);
+/// Each delay is random up to a ceiling that doubles per restart (jitter, as
+/// for reconnects), so devices that crash together do not restart together.
+pub const RESTART_INITIAL: Duration = Duration::from_millis(100);
+pub const RESTART_MAX: Duration = Duration::from_secs(30);
 /// More restarts than this within [`RESTART_WINDOW`] stop the device for good.
-const MAX_RESTARTS: usize = 5;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub const MAX_RESTARTS: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
-/// A command for this device, routed here by the registry.
+/// How many commands one device may have waiting (routed, not yet handled)
+/// unless `ConnectorBuilder::device_mailbox` says otherwise. actix mailboxes
+/// take `do_send` without a bound, so the registry keeps this one itself
+/// ([`Mailbox`]): a platform sending faster than a device answers gets the
+/// excess refused with an error reply, and memory and the wait of the
+/// commands accepted stay bounded.
+pub const MAILBOX_CAPACITY: usize = 128;
+
+/// Counts one device's waiting commands against its capacity.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize) -> Self {
+        Mailbox {
+            pending: Arc::default(),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// A place for one more command, or `None` when the device is full.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.pending.clone()))
+    }
+
+    /// Commands routed to the device and not yet handled (or dropped).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// One command's place in a [`Mailbox`]; given back when the command is
+/// handled, or dropped unhandled because the device is gone.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A command for this device, routed here by the registry, holding its
+/// place in the device's [`Mailbox`] until handled.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct DeviceCommand(pub PlatformMessage);
+pub struct DeviceCommand(pub PlatformMessage, pub Slot);
 
 /// Stops the device: its plugin is told, and its events are refused after.
 #[derive(Message)]
@@ -204,6 +261,8 @@ impl DeviceActor {
         self.events.publish(Lifecycle::DeviceRestarted {
             device: self.id().to_owned(),
             reason,
+            attempt: self.restarts.len(),
+            delay,
         });
         ctx.run_later(delay, |act, ctx| act.launch(ctx));
     }
@@ -256,7 +315,7 @@ impl Actor for DeviceActor {
 impl Handler<DeviceCommand> for DeviceActor {
     type Result = ();
 
-    fn handle(&mut self, DeviceCommand(command): DeviceCommand, ctx: &mut Self::Context) {
+    fn handle(&mut self, DeviceCommand(command, _slot): DeviceCommand, ctx: &mut Self::Context) {
         let Some(plugin) = self.plugin.as_mut() else {
             let reason = match &self.failed {
                 Some(why) => format!("device {} is stopped after repeated failures: {why}", self.id()),

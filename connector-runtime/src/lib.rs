@@ -6,6 +6,7 @@
 //!   seed's client (`send`, `receive`, `register`, `unregister`, `subscribe`).
 //! - [`connection`]: `ConnectionActor`, the platform link (lookup, handshake,
 //!   ping, reconnect, writer).
+//! - [`frames`]: the session's WebSocket codec, which skips oversized frames.
 //! - [`registry`]: `RegistryActor`, device (un)registration and command routing.
 //! - [`device`]: `DeviceActor`, one per device, supervising its plugin.
 //! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
@@ -15,6 +16,7 @@
 pub mod connection;
 pub mod connector;
 pub mod device;
+pub mod frames;
 pub mod lifecycle;
 pub mod loader;
 pub mod outbox;

@@ -52,6 +52,11 @@ pub enum Lifecycle {
     DeviceRestarted {
         device: String,
         reason: String,
+        /// Restarts within the current window, this one included (1 to
+        /// `device::MAX_RESTARTS`).
+        attempt: usize,
+        /// How long until the new instance starts (the back-off).
+        delay: std::time::Duration,
     },
     /// The device failed too often and was stopped for good.
     DeviceFailed {
@@ -74,6 +79,12 @@ pub struct Stats {
     pub commands_received: AtomicU64,
     pub bad_frames: AtomicU64,
     pub unknown_device_commands: AtomicU64,
+    /// Commands refused because their device's mailbox was full (see
+    /// `device::MAILBOX_CAPACITY`); each was answered with an error.
+    pub commands_refused: AtomicU64,
+    /// The most commands any one device had waiting at once: never above
+    /// the mailbox capacity.
+    pub mailbox_peak: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub sessions: AtomicU64,
     pub connect_failures: AtomicU64,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use connector_core::config::Config;
 use connector_core::logging::{self, LogLevel};
+use connector_core::plugin::{DeviceSpec, PluginRegistry};
+use connector_core::tls::TlsSettings;
 use connector_runtime::connector::DEFAULT_FLUSH_TIMEOUT;
 use connector_runtime::loader;
 use connector_runtime::Connector;
@@ -29,9 +31,9 @@ struct Args {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Check the configuration (that every plugin library loads and every
-    /// device's plugin exists), print the result and exit: 0 when it is
-    /// valid, 2 when not.
+    /// Check the configuration (that every plugin library loads, the CA
+    /// file is usable, and every device's plugin exists and accepts its
+    /// settings), print the result and exit: 0 when it is valid, 2 when not.
     #[arg(long)]
     check: bool,
 
@@ -110,20 +112,55 @@ fn load_config(args: &Args) -> Result<Config, String> {
     for warning in libraries.iter().flat_map(|library| library.warnings()) {
         eprintln!("warning: {warning}");
     }
-    let unknown: Vec<String> = config
-        .devices
-        .iter()
-        .filter(|d| !plugins.contains(&d.plugin))
-        .map(|d| {
-            let line = d.line.map(|l| format!("line {l}: ")).unwrap_or_default();
-            format!("{line}device {:?}: no plugin named {:?}", d.id, d.plugin)
-        })
-        .collect();
-    if !unknown.is_empty() {
-        let known: Vec<&str> = plugins.names().collect();
-        return Err(format!("{} (known plugins: {})", unknown.join("\n"), known.join(", ")));
+    let problems = check_files_and_plugins(args, &config, &plugins);
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
     }
     Ok(config)
+}
+
+/// What the loader cannot see: the CA file, and whether every device's
+/// plugin exists and takes its settings. All problems at once, each as
+/// `file:line: key: what is wrong`, so a user fixes the file in one pass.
+fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistry) -> Vec<String> {
+    let text = args.config.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
+    let place = |key: &str| {
+        let line = text.as_deref().and_then(|text| Config::line_of(text, key));
+        match (&args.config, line) {
+            (Some(path), Some(line)) => format!("{}:{line}: {key}", path.display()),
+            (Some(path), None) => format!("{}: {key}", path.display()),
+            (None, _) => key.to_owned(),
+        }
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = TlsSettings::load(config.platform.ca_file.as_deref()) {
+        problems.push(format!("{}: {e}", place("platform.ca_file")));
+    }
+    for (index, device) in config.devices.iter().enumerate() {
+        if !plugins.contains(&device.plugin) {
+            let known: Vec<&str> = plugins.names().collect();
+            problems.push(format!(
+                "{}: device {:?}: no plugin named {:?} (known plugins: {})",
+                place(&format!("devices[{index}].plugin")),
+                device.id,
+                device.plugin,
+                known.join(", ")
+            ));
+            continue;
+        }
+        // Creating an instance checks its settings; plugins do nothing
+        // until `start`, so it is dropped unstarted. A panic is a problem
+        // too, not a crash of the check.
+        let spec = DeviceSpec::from_config(device);
+        let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugins.create(&spec).map(drop)));
+        let failure = match created {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the plugin panicked while checking the settings".to_owned(),
+        };
+        problems.push(format!("{}: {failure}", place(&format!("devices[{index}].settings"))));
+    }
+    problems
 }
 
 async fn run(mut config: Config, args: &Args) -> Result<(), String> {

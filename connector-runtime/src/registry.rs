@@ -15,9 +15,14 @@ use connector_core::{Credentials, Device, Message as PlatformMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::device::{error_reply, DeviceActor, DeviceCommand, StopDevice};
+use crate::device::{error_reply, DeviceActor, DeviceCommand, Mailbox, StopDevice, MAILBOX_CAPACITY};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Frame, OutboxHandle};
+
+/// Most devices in one registration request: 100,000 devices in one body
+/// are about 5 MB, more than a platform (the simulator: 4 MiB) may accept.
+/// The rest follow in further requests, one after the other.
+const REGISTER_BATCH: usize = 10_000;
 
 /// What the registry needs from the config.
 #[derive(Debug, Clone)]
@@ -105,6 +110,8 @@ struct Entry {
     device: Device,
     route: Route,
     registered: bool,
+    /// The bound on the commands waiting for a device actor.
+    mailbox: Mailbox,
 }
 
 /// Which request is under way, so its answer is applied to the right state.
@@ -132,6 +139,8 @@ pub struct RegistryActor {
     /// the failure may have been the old session's.
     retry: Option<SpawnHandle>,
     backoff: Backoff,
+    /// Commands a device actor may have waiting; see [`Mailbox`].
+    mailbox_capacity: usize,
 }
 
 impl RegistryActor {
@@ -154,7 +163,15 @@ impl RegistryActor {
             busy: false,
             retry: None,
             backoff,
+            mailbox_capacity: MAILBOX_CAPACITY,
         }
+    }
+
+    /// Bounds each device's waiting commands at `capacity` (at least 1)
+    /// instead of [`MAILBOX_CAPACITY`].
+    pub fn with_mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = capacity.max(1);
+        self
     }
 
     /// Starts the next (un)registration if the link is up and none is running:
@@ -171,6 +188,7 @@ impl RegistryActor {
                 .devices
                 .values()
                 .filter(|e| !e.registered)
+                .take(REGISTER_BATCH)
                 .map(|e| e.device.clone())
                 .collect();
             if batch.is_empty() {
@@ -331,9 +349,33 @@ impl Handler<IncomingCommand> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, IncomingCommand(command): IncomingCommand, _ctx: &mut Self::Context) {
-        match self.devices.get(&command.device_id).map(|e| &e.route) {
-            Some(Route::Actor(addr)) => addr.do_send(DeviceCommand(command)),
-            Some(Route::Program) => {
+        match self.devices.get(&command.device_id).map(|e| (&e.route, &e.mailbox)) {
+            Some((Route::Actor(addr), mailbox)) => match mailbox.try_reserve() {
+                Some(slot) => {
+                    let stats = &self.events.stats;
+                    stats
+                        .mailbox_peak
+                        .fetch_max(mailbox.pending() as u64, std::sync::atomic::Ordering::Relaxed);
+                    addr.do_send(DeviceCommand(command, slot));
+                }
+                None => {
+                    // Refused, never silently lost: the task gets an answer.
+                    Stats::bump(&self.events.stats.commands_refused);
+                    warn!(
+                        device_id = %command.device_id,
+                        task_id = %command.task_id,
+                        capacity = mailbox.capacity(),
+                        "device busy: its mailbox is full; command answered with an error"
+                    );
+                    let reason = format!(
+                        "device {} is busy ({} commands waiting); command refused",
+                        command.device_id,
+                        mailbox.capacity()
+                    );
+                    crate::device::enqueue(&self.outbox, &self.events, &error_reply(&command, &reason));
+                }
+            },
+            Some((Route::Program, _)) => {
                 if let Err(e) = self.program_commands.try_send(command) {
                     let command = match e {
                         mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
@@ -375,6 +417,7 @@ impl Handler<AddDevice> for RegistryActor {
                 device: msg.device,
                 route: msg.route,
                 registered: false,
+                mailbox: Mailbox::new(self.mailbox_capacity),
             },
         );
         self.sync(ctx);

@@ -57,7 +57,7 @@ fn check_refuses_a_broken_config_naming_file_line_and_key() {
         (
             "no-plugin.yaml",
             "devices:\n  - {id: a, plugin: nope}\n",
-            "line 2: device \"a\": no plugin named \"nope\"",
+            "no-plugin.yaml:2: devices[0].plugin: device \"a\": no plugin named \"nope\"",
         ),
         (
             "dup.yaml",

@@ -1,0 +1,158 @@
+//! What every scenario needs: a counting simulator on its own thread, a
+//! config pointing the runtime at it, counters read without an executor,
+//! resident memory, and the machine's description.
+
+use std::time::{Duration, Instant};
+
+use connector_core::config::{Config, DeviceConfig};
+use futures_util::FutureExt;
+use platform_sim::{CounterSnapshot, SimConfig, SimHandle, Simulator};
+
+/// How long any wait for the simulator may take before the scenario gives up.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A simulator on a thread (and actix `System`) of its own, so it never
+/// shares a thread with the runtime being measured. `record` keeps every
+/// event (for the outage check); otherwise frames are only counted.
+pub fn simulator(record: bool) -> SimHandle {
+    Simulator::spawn(SimConfig {
+        record_events: record,
+        event_capacity: if record { 4_000_000 } else { 16 },
+        ..SimConfig::default()
+    })
+    .expect("the simulator starts on loopback")
+}
+
+/// The simulator's counters now. The call never waits, so no executor is needed.
+pub fn counters(sim: &SimHandle) -> CounterSnapshot {
+    sim.counters().now_or_never().expect("counters() never waits")
+}
+
+/// Polls the counters until `done` holds, every `poll`, sleeping the thread.
+/// `None` once [`PATIENCE`] ran out.
+pub fn wait_blocking(sim: &SimHandle, poll: Duration, done: impl Fn(&CounterSnapshot) -> bool) -> Option<Instant> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if done(&counters(sim)) {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// The same wait inside an actix system, without blocking its thread.
+pub async fn wait_async(sim: &SimHandle, poll: Duration, done: impl Fn(&CounterSnapshot) -> bool) -> Option<Instant> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if done(&counters(sim)) {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        actix_rt::time::sleep(poll).await;
+    }
+}
+
+/// `n` devices `<prefix><i>` driven by `plugin`.
+pub fn devices(n: usize, prefix: &str, plugin: &str) -> Vec<DeviceConfig> {
+    (0..n)
+        .map(|i| DeviceConfig {
+            id: format!("{prefix}{i}"),
+            device_type: "bench".to_owned(),
+            name: format!("{prefix}{i}"),
+            plugin: plugin.to_owned(),
+            ..DeviceConfig::default()
+        })
+        .collect()
+}
+
+/// A runtime config for the simulator at `lookup_url` with quick reconnects
+/// (20 ms first back-off, 200 ms at most) and otherwise the defaults.
+pub fn config(lookup_url: String, devices: Vec<DeviceConfig>) -> Config {
+    let mut config = Config::default();
+    config.platform.lookup_url = lookup_url;
+    config.platform.backoff.initial_ms = 20;
+    config.platform.backoff.max_ms = 200;
+    config.devices = devices;
+    config
+}
+
+/// This process's resident memory (`VmRSS`), in KiB.
+pub fn rss_kib() -> u64 {
+    proc_field("/proc/self/status", "VmRSS:").unwrap_or(0)
+}
+
+fn proc_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Cores, memory and date of the run, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mib: u64,
+    pub cpu: String,
+    pub kernel: String,
+    pub date_utc: String,
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mib: proc_field("/proc/meminfo", "MemTotal:").unwrap_or(0) / 1024,
+            cpu,
+            kernel,
+            date_utc: utc_now(),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC, from the system clock (civil-from-days).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+/// Percentile `p` (0..=1) of sorted samples, in microseconds.
+pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e6
+}
