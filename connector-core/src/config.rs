@@ -22,13 +22,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::logging::{LogLevel, ENV_LOG_LEVEL};
+use crate::logging::{LogFormat, LogLevel, ENV_LOG_LEVEL};
 use crate::model::Device;
 use crate::secret::{Credentials, Secret};
 use crate::yaml::{self, Seg};
@@ -75,11 +76,28 @@ pub struct Config {
     /// How much to log: `trace`, `debug`, `info`, `warning` (or `warn`),
     /// `error` (or `critical`). Default: `info`. Env: `LOGLEVEL`.
     pub log_level: LogLevel,
+    /// How log lines look: `text` for people, `json` (one object per line)
+    /// for log collectors. Default: `text`. Flag: `--log-format`.
+    pub log_format: LogFormat,
+    /// The HTTP endpoint for metrics and health checks. Default: off.
+    pub metrics: MetricsConfig,
     /// Plugin libraries to load. [`Config::load`] resolves relative paths
     /// against the config file's directory. Default: none.
     pub plugins: Vec<PathBuf>,
     /// The devices this connector represents. Default: none.
     pub devices: Vec<DeviceConfig>,
+}
+
+/// The `metrics:` section: Prometheus metrics, a health check and the
+/// device list over plain HTTP, for the gateway's operator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics`, `/health` and `/devices` on, e.g.
+    /// `127.0.0.1:9184`. The endpoint has no authentication, so keep it on
+    /// loopback or a trusted network. Default: none, no server.
+    /// Flag: `--metrics-listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The `platform:` section: where the platform is and how to talk to it.

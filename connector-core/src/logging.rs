@@ -1,5 +1,6 @@
-//! Logging set-up: the [`LogLevel`] a user writes (`LOGLEVEL`, `log_level:`)
-//! and one [`init`] that installs a `tracing` subscriber writing to stderr.
+//! Logging set-up: the [`LogLevel`] and [`LogFormat`] a user writes
+//! (`LOGLEVEL`, `log_level:`, `log_format:`) and one [`init_with`] that
+//! installs a `tracing` subscriber writing to stderr.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -113,13 +114,82 @@ pub struct ParseLogLevelError {
     pub value: String,
 }
 
-/// How log lines are written. Only text for now; a `Json` variant can join
-/// without changing [`init_with`]'s callers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How log lines are written.
+///
+/// Parsed case-insensitively from `text` and `json`, in `connector.yaml`
+/// (`log_format:`) and on the command line (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LogFormat {
     /// Human-readable lines: time, level, target, message and fields.
     #[default]
     Text,
+    /// One JSON object per line, for log collectors (journald, Loki, a
+    /// container runtime): `timestamp`, `level`, `target`, and the event's
+    /// `fields` with its `message` among them.
+    Json,
+}
+
+impl LogFormat {
+    /// Every spelling [`LogFormat::from_str`] accepts.
+    pub const ACCEPTED: &'static [&'static str] = &["text", "json"];
+
+    /// The name used in `connector.yaml` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = ParseLogFormatError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ParseLogFormatError {
+                value: value.to_owned(),
+            }),
+        }
+    }
+}
+
+// A visitor for the same reason as `LogLevel`'s: serde_yaml then names the
+// value's line, column and key in the error.
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FormatVisitor;
+
+        impl Visitor<'_> for FormatVisitor {
+            type Value = LogFormat;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a log format ({})", LogFormat::ACCEPTED.join(", "))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<LogFormat, E> {
+                value.parse().map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(FormatVisitor)
+    }
+}
+
+/// A log format name that is none of [`LogFormat::ACCEPTED`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown log format `{value}`, expected one of {}", LogFormat::ACCEPTED.join(", "))]
+pub struct ParseLogFormatError {
+    /// The text that did not parse.
+    pub value: String,
 }
 
 /// Why logging could not be set up.
@@ -150,7 +220,9 @@ pub fn init(level: LogLevel) -> Result<(), LoggingError> {
     init_with(level, LogFormat::Text)
 }
 
-/// [`init`] with a chosen output format.
+/// [`init`] with a chosen output format. Level and `RUST_LOG` filter as in
+/// [`init`]; [`LogFormat::Json`] writes one object per line and never
+/// colours, so every line parses.
 pub fn init_with(level: LogLevel, format: LogFormat) -> Result<(), LoggingError> {
     let rust_log = std::env::var(ENV_RUST_LOG).ok();
     let filter = build_filter(level, rust_log.as_deref())?;
@@ -161,6 +233,7 @@ pub fn init_with(level: LogLevel, format: LogFormat) -> Result<(), LoggingError>
         .with_env_filter(filter);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     installed.map_err(|_| LoggingError::AlreadyInitialized)
 }
@@ -254,6 +327,17 @@ mod tests {
         assert_eq!(filter.max_level_hint(), Some(LevelFilter::TRACE));
         let err = build_filter(LogLevel::Info, Some("a=loud")).unwrap_err();
         assert!(err.to_string().starts_with("RUST_LOG: `a=loud`"), "{err}");
+    }
+
+    #[test]
+    fn log_formats_parse_in_any_case_and_unknown_ones_list_the_accepted_names() {
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert_eq!(" JSON ".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::default(), LogFormat::Text);
+        let message = "xml".parse::<LogFormat>().unwrap_err().to_string();
+        assert_eq!(message, "unknown log format `xml`, expected one of text, json");
+        let format: LogFormat = serde_json::from_str("\"json\"").unwrap();
+        assert_eq!(format, LogFormat::Json);
     }
 
     #[test]

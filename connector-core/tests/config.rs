@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use connector_core::config::{Config, ConfigError, Overflow, DEFAULT_LOOKUP_URL};
-use connector_core::logging::LogLevel;
+use connector_core::logging::{LogFormat, LogLevel};
 use connector_core::{Device, Secret};
 
 const PASSWORD: &str = "Tr0ub4dor&3-horse";
@@ -36,6 +36,7 @@ fn the_defaults_are_those_of_protocol_section_one() {
     assert_eq!(p.user, "");
     assert!(p.password.is_empty());
     assert_eq!(config.log_level, LogLevel::Info);
+    assert_eq!(config.log_format, LogFormat::Text);
     assert_eq!(p.ping_interval_ms, 30_000);
     assert_eq!(p.pong_timeout_ms, 60_000);
     assert_eq!(p.max_frame_bytes, 1_048_576);
@@ -52,6 +53,23 @@ fn the_defaults_are_those_of_protocol_section_one() {
 fn the_example_config_parses_and_shows_exactly_the_defaults() {
     let config = Config::load(example_path()).unwrap();
     assert_eq!(config, Config::default());
+}
+
+#[test]
+fn metrics_are_off_by_default_and_listen_where_the_file_says() {
+    assert_eq!(Config::default().metrics.listen, None);
+    let config = parse("metrics:\n  listen: 127.0.0.1:9184\n").unwrap();
+    assert_eq!(config.metrics.listen, Some("127.0.0.1:9184".parse().unwrap()));
+    let err = parse("metrics:\n  listen: localhost\n").unwrap_err().to_string();
+    assert!(
+        err.contains("connector.yaml:2:") && err.contains("metrics.listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_format_json_reads_from_the_file() {
+    assert_eq!(parse("log_format: JSON\n").unwrap().log_format, LogFormat::Json);
 }
 
 #[test]
@@ -178,6 +196,10 @@ fn bad_files_are_reported_with_file_line_column_and_key() {
         (
             "log_level: loud\n",
             &["connector.yaml:1:12: log_level: unknown log level `loud`, expected one of trace, debug, info, warning, warn, error, critical"],
+        ),
+        (
+            "log_format: xml\n",
+            &["connector.yaml:1:13: log_format: unknown log format `xml`, expected one of text, json"],
         ),
         (
             "platform:\n  https: maybe\n",

@@ -280,6 +280,7 @@ impl ConnectionActor {
         let url = session.url.clone();
         info!(url = %url, "connected to the platform");
         Stats::bump(&self.stats().sessions);
+        self.stats().set_session_up(true);
         self.state = State::Up(session);
         self.events.publish(Lifecycle::Connected { url: url.ws_url() });
         self.registry.do_send(LinkUp {
@@ -296,6 +297,7 @@ impl ConnectionActor {
         let (State::Handshaking(session) | State::Up(session)) = std::mem::replace(&mut self.state, State::Idle) else {
             unreachable!("session() found one");
         };
+        self.stats().set_session_up(false);
         let was_up = session.opened.elapsed();
         self.end_session(session, ctx);
         self.registry.do_send(LinkDown);
@@ -501,6 +503,8 @@ impl ConnectionActor {
                 "shutting down with frames the platform has not received"
             );
         }
+        // Closing counts as down: health checks should fail from here on.
+        self.stats().set_session_up(false);
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Up(session) | State::Handshaking(session) => {
                 // The reader stays: the socket is dropped only after the

@@ -280,11 +280,48 @@ impl Connector {
         self.registry.send(ListDevices).await.unwrap_or_default()
     }
 
+    /// A handle for observing this connector from other tasks and threads
+    /// (the metrics server): counters, buffer depth, session and devices.
+    pub fn status(&self) -> StatusSource {
+        StatusSource {
+            registry: self.registry.clone(),
+            outbox: self.outbox.clone(),
+            events: self.events.clone(),
+        }
+    }
+
     /// Stops the devices, sends what is buffered while the link is up (for at
     /// most `flush_timeout`), closes the session and stops the actors.
     pub async fn shutdown(self, flush_timeout: Duration) {
         let _ = self.registry.send(StopAll).await;
         let _ = self.connection.send(Shutdown { flush_timeout }).await;
         info!("connector stopped");
+    }
+}
+
+/// A cheap, clonable, read-only view of a running [`Connector`] (see
+/// [`Connector::status`]). It keeps working from any thread; once the
+/// connector is gone, `devices` is empty.
+#[derive(Clone)]
+pub struct StatusSource {
+    registry: Addr<RegistryActor>,
+    outbox: OutboxHandle,
+    events: Events,
+}
+
+impl StatusSource {
+    /// As [`Connector::stats`].
+    pub fn stats(&self) -> &Stats {
+        &self.events.stats
+    }
+
+    /// As [`Connector::buffered`].
+    pub fn buffered(&self) -> (usize, usize) {
+        self.outbox.lock().held()
+    }
+
+    /// As [`Connector::devices`].
+    pub async fn devices(&self) -> Vec<DeviceStatus> {
+        self.registry.send(ListDevices).await.unwrap_or_default()
     }
 }

@@ -12,6 +12,7 @@
 //! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
 //! - [`outbox`]: the bounded, ordered outgoing buffer.
 //! - [`lifecycle`]: lifecycle events and counters.
+//! - [`metrics`]: `/metrics`, `/health` and `/devices` over HTTP (`metrics.listen`).
 
 pub mod connection;
 pub mod connector;
@@ -19,8 +20,9 @@ pub mod device;
 pub mod frames;
 pub mod lifecycle;
 pub mod loader;
+pub mod metrics;
 pub mod outbox;
 pub mod registry;
 
-pub use connector::{Connector, ConnectorBuilder, SendError, StartError};
+pub use connector::{Connector, ConnectorBuilder, SendError, StartError, StatusSource};
 pub use lifecycle::{Events, Lifecycle, Stats};

@@ -5,7 +5,7 @@
 //! that falls behind loses the oldest events (it is told how many) instead of
 //! ever blocking the runtime.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -91,6 +91,9 @@ pub struct Stats {
     pub registration_failures: AtomicU64,
     pub plugin_errors: AtomicU64,
     pub device_restarts: AtomicU64,
+    /// Whether a session is up (handshake done, not yet lost or closing):
+    /// a state, not a counter, for health checks and the `session_up` metric.
+    pub session_up: AtomicBool,
 }
 
 impl Stats {
@@ -100,6 +103,16 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a session is up; see [`Stats::session_up`].
+    pub fn set_session_up(&self, up: bool) {
+        self.session_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether a session is up.
+    pub fn is_session_up(&self) -> bool {
+        self.session_up.load(Ordering::Relaxed)
     }
 }
 

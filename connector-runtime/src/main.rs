@@ -2,21 +2,31 @@
 //! declared devices to the platform and keeps them connected until Ctrl-C or
 //! SIGTERM. `--embedded-platform` brings its own platform simulator.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::Parser;
+use connector_core::abi::ABI_VERSION;
 use connector_core::config::Config;
-use connector_core::logging::{self, LogLevel};
+use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
 use connector_runtime::connector::DEFAULT_FLUSH_TIMEOUT;
 use connector_runtime::loader;
+use connector_runtime::metrics::MetricsServer;
 use connector_runtime::Connector;
 use tracing::{error, info, warn};
 
 mod demo;
+
+/// What `--version` prints after the program name. The plugin ABI is in it
+/// because a plugin library built for another ABI will not load; an operator
+/// comparing a plugin with a gateway needs both numbers.
+static VERSION: LazyLock<String> =
+    LazyLock::new(|| format!("{} (plugin ABI {ABI_VERSION})", env!("CARGO_PKG_VERSION")));
 
 /// Connects your devices to the SEPL platform and keeps them connected.
 ///
@@ -25,7 +35,7 @@ mod demo;
 /// CONNECTOR_HTTPS, CONNECTOR_USER, CONNECTOR_PASSWORD, LOGLEVEL), then the
 /// flags below, each overriding the one before.
 #[derive(Debug, Parser)]
-#[command(name = "connector-runtime", version)]
+#[command(name = "connector-runtime", version = VERSION.as_str())]
 struct Args {
     /// The connector.yaml to read; without it, defaults and environment only.
     #[arg(short, long, value_name = "FILE")]
@@ -50,6 +60,16 @@ struct Args {
     /// Log level: trace, debug, info, warning (warn), error (critical).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<LogLevel>,
+
+    /// Log format: text (lines for people) or json (one JSON object per
+    /// line, for log collectors). Overrides log_format in the config.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+
+    /// Serve /metrics (Prometheus), /health and /devices over HTTP on this
+    /// address, e.g. 127.0.0.1:9184. Overrides metrics.listen in the config.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 
     /// Overrides the lookup URL (CONNECTOR_LOOKUP_URL, platform.lookup_url).
     #[arg(long, value_name = "URL")]
@@ -77,7 +97,7 @@ fn main() -> ExitCode {
         println!("{source}: OK ({} devices: {})", ids.len(), ids.join(", "));
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = logging::init(config.log_level) {
+    if let Err(e) = logging::init_with(config.log_level, config.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -100,6 +120,12 @@ fn load_config(args: &Args) -> Result<Config, String> {
     config.apply_env().map_err(|e| e.to_string())?;
     if let Some(level) = args.log_level {
         config.log_level = level;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = Some(addr);
     }
     if let Some(url) = &args.lookup_url {
         config.platform.lookup_url = url.clone();
@@ -175,6 +201,19 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
     let connector = Connector::start(config.clone())
         .await
         .map_err(|e| format!("the connector could not start: {e}"))?;
+    let metrics = match config.metrics.listen {
+        Some(addr) => match MetricsServer::start(addr, connector.status()) {
+            Ok(server) => {
+                info!(addr = %server.local_addr(), "serving /metrics, /health and /devices");
+                Some(server)
+            }
+            Err(e) => {
+                connector.shutdown(DEFAULT_FLUSH_TIMEOUT).await;
+                return Err(e.to_string());
+            }
+        },
+        None => None,
+    };
     let driver = simulator.as_ref().map(|sim| {
         let interval = Duration::from_secs_f64(args.demo_interval.max(0.05));
         actix_rt::spawn(demo::drive(sim.clone(), config.devices.clone(), interval))
@@ -186,6 +225,9 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
         driver.abort();
     }
     connector.shutdown(DEFAULT_FLUSH_TIMEOUT).await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     if let Some(sim) = simulator {
         if let Err(e) = sim.stop().await {
             warn!("the embedded platform did not stop cleanly: {e}");

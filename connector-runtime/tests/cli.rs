@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -89,47 +89,150 @@ fn a_missing_config_file_is_named_in_the_error() {
     assert!(stderr.contains("/nonexistent/connector.yaml"), "{stderr}");
 }
 
+/// A running `--embedded-platform` demo with `extra` flags, and its stderr
+/// lines as they come.
+struct Demo {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Demo {
+    fn start(extra: &[&str]) -> Demo {
+        let mut child = binary()
+            .arg("--config")
+            .arg(demo_config())
+            .args(["--embedded-platform", "--demo-interval", "0.1"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Demo {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Collects lines until one satisfies `done`; false after 30 s of silence.
+    fn wait_for(&mut self, done: impl Fn(&str) -> bool) -> bool {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
+            let found = done(&line);
+            self.log.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops the process the way systemd and container runtimes do, and
+    /// returns its exit status and every stderr line.
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        // The reader thread ends at EOF, so this drains everything.
+        self.log.extend(self.lines.iter());
+        (exit, self.log)
+    }
+}
+
 #[test]
 fn the_embedded_platform_demo_runs_the_whole_loop_and_stops_cleanly_on_sigterm() {
-    let mut child = binary()
-        .arg("--config")
-        .arg(demo_config())
-        .args(["--embedded-platform", "--demo-interval", "0.1"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let answered = loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                let done = line.contains("got the answer") && line.contains("answer=hello #2");
-                log.push(line);
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    log.extend(rx.try_iter());
+    let mut demo = Demo::start(&[]);
+    let answered = demo.wait_for(|line| line.contains("got the answer") && line.contains("answer=hello #2"));
+    let (exit, log) = demo.stop();
     let log = log.join("\n");
     assert!(answered, "the demo never got an answer:\n{log}");
     assert!(exit.success(), "exit {exit:?}\n{log}");
     assert!(log.contains("devices registered devices=3"), "{log}");
     assert!(log.contains("platform link closed"), "{log}");
     assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line_with_the_events_fields() {
+    let mut demo = Demo::start(&["--log-format", "json"]);
+    let registered = demo.wait_for(|line| line.contains("devices registered"));
+    let (exit, log) = demo.stop();
+    assert!(registered, "no registration logged:\n{}", log.join("\n"));
+    assert!(exit.success(), "exit {exit:?}");
+    let events: Vec<serde_json::Value> = log
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for event in &events {
+        assert!(event["fields"]["message"].is_string(), "no fields.message: {event}");
+        assert!(event["level"].is_string(), "no level: {event}");
+    }
+    // Fields stay separate values, not text pasted into the message.
+    let registration = events
+        .iter()
+        .find(|event| event["fields"]["message"] == "devices registered")
+        .expect("the registration event");
+    assert_eq!(registration["fields"]["devices"], 3, "{registration}");
+}
+
+#[test]
+fn version_names_the_crate_version_and_the_plugin_abi() {
+    let output = binary().arg("--version").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let expected = format!(
+        "connector-runtime {} (plugin ABI {})",
+        env!("CARGO_PKG_VERSION"),
+        connector_core::abi::ABI_VERSION
+    );
+    assert_eq!(stdout.trim(), expected);
+}
+
+/// The body of `GET path` over plain HTTP/1.0, by hand: the test needs no
+/// HTTP client for one request.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_listen_serves_metrics_and_health_from_the_binary() {
+    let mut demo = Demo::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let serving = demo.wait_for(|line| line.contains("serving /metrics"));
+    // Registration may be logged before or after the server starts.
+    let registered = demo.log.iter().any(|line| line.contains("devices registered"))
+        || demo.wait_for(|line| line.contains("devices registered"));
+    let addr = demo
+        .log
+        .iter()
+        .filter(|line| line.contains("serving /metrics"))
+        .find_map(|line| line.split("addr=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
+    let answers = addr.map(|addr| (http_get(&addr, "/metrics"), http_get(&addr, "/health")));
+    let (exit, log) = demo.stop();
+    let log = log.join("\n");
+    assert!(serving && registered, "{log}");
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    let (metrics, health) = answers.expect("the metrics address is logged");
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(
+        metrics.lines().any(|line| line == "connector_session_up 1"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|line| line == "connector_devices 3"), "{metrics}");
+    assert!(health.starts_with("HTTP/1.0 200"), "{health}");
 }
