@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use connector_core::config::Config;
+use connector_core::config::{Config, DeviceConfig};
 use connector_core::http::HttpClient;
 use connector_core::plugin::{DeviceSpec, PluginError, PluginRegistry};
 use connector_core::tls::TlsSettings;
@@ -21,6 +21,7 @@ use crate::outbox::{Outbox, OutboxHandle};
 use crate::registry::{
     AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, RemoveDevice, Route, StopAll,
 };
+use crate::reload::{self, ReloadError, ReloadReport};
 
 /// How many commands for program-handled devices wait for `receive()` before
 /// further ones are answered with an error.
@@ -65,6 +66,10 @@ pub struct Connector {
     outbox: OutboxHandle,
     events: Events,
     commands: tokio::sync::Mutex<mpsc::Receiver<PlatformMessage>>,
+    /// The plugins devices are started with, also on a reload.
+    plugins: Arc<PluginRegistry>,
+    /// The config running now; the lock also keeps reloads one at a time.
+    config: tokio::sync::Mutex<Config>,
 }
 
 /// Starts a [`Connector`] with the built-in plugins plus any added here.
@@ -174,7 +179,33 @@ impl ConnectorBuilder {
             outbox,
             events,
             commands: tokio::sync::Mutex::new(program_rx),
+            plugins,
+            config: tokio::sync::Mutex::new(config),
         })
+    }
+}
+
+/// Whether `plugins` has the device's plugin and it takes the settings.
+/// Plugins do nothing until `start`, so the instance is dropped unstarted; a
+/// panic is a refusal too.
+fn check_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Result<(), String> {
+    let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+    if !plugins.contains(&spec.plugin) {
+        let known: Vec<&str> = plugins.names().collect();
+        return Err(format!(
+            "device {:?}{origin}: no plugin named {:?} (known: {})",
+            spec.id(),
+            spec.plugin,
+            known.join(", ")
+        ));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugins.create(spec).map(drop))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("device {:?}{origin}: {e}", spec.id())),
+        Err(_) => Err(format!(
+            "device {:?}{origin}: the plugin panicked while checking the settings",
+            spec.id()
+        )),
     }
 }
 
@@ -256,6 +287,61 @@ impl Connector {
             .send(RemoveDevice { id: device.id.clone() })
             .await
             .unwrap_or_else(|_| Err(RegistryError::Unknown(device.id.clone())))
+    }
+
+    /// Applies a new config's devices without a restart (see [`crate::reload`]):
+    /// added ones are started and registered, removed ones stopped and
+    /// unregistered, changed ones restarted (unregistered and registered again
+    /// under the same id); the others and the platform session are untouched.
+    /// A config that fails validation, names an unknown plugin, gives a plugin
+    /// settings it refuses, or changes the `platform:` or `plugins:` section is
+    /// refused as a whole and nothing changes.
+    pub async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let mut running = self.config.lock().await;
+        new.validate()?;
+        reload::check_sections(&running, &new)?;
+        let problems: Vec<String> = new
+            .devices
+            .iter()
+            .filter_map(|device| check_plugin(&self.plugins, &DeviceSpec::from_config(device)).err())
+            .collect();
+        if !problems.is_empty() {
+            return Err(ReloadError::Devices(problems));
+        }
+        if new.metrics != running.metrics || new.log_level != running.log_level || new.log_format != running.log_format
+        {
+            warn!("metrics and logging settings are applied on the next restart, not on a reload");
+        }
+        let diff = reload::diff(&running.devices, &new.devices);
+        let ids = |list: &[&DeviceConfig]| list.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        let report = ReloadReport {
+            added: ids(&diff.added),
+            removed: ids(&diff.removed),
+            changed: ids(&diff.changed),
+        };
+        for device in diff.removed.iter().chain(&diff.changed) {
+            if let Err(e) = self.registry.send(RemoveDevice { id: device.id.clone() }).await? {
+                warn!(device_id = %device.id, error = %e, "reload: the device was not running");
+            }
+        }
+        for device in diff.changed.iter().chain(&diff.added) {
+            let spec = DeviceSpec::from_config(device);
+            let actor = DeviceActor::new(spec, self.plugins.clone(), self.outbox.clone(), self.events.clone()).start();
+            self.registry
+                .send(AddDevice {
+                    device: device.device(),
+                    route: Route::Actor(actor),
+                })
+                .await??;
+        }
+        *running = new;
+        info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            "reload: {report}"
+        );
+        Ok(report)
     }
 
     /// Lifecycle events from now on (connected, disconnected, registered, ...).

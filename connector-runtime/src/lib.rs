@@ -8,6 +8,7 @@
 //!   ping, reconnect, writer).
 //! - [`frames`]: the session's WebSocket codec, which skips oversized frames.
 //! - [`registry`]: `RegistryActor`, device (un)registration and command routing.
+//! - [`reload`]: what a config reload changes, and why one is refused.
 //! - [`device`]: `DeviceActor`, one per device, supervising its plugin.
 //! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
 //! - [`outbox`]: the bounded, ordered outgoing buffer.
@@ -23,6 +24,8 @@ pub mod loader;
 pub mod metrics;
 pub mod outbox;
 pub mod registry;
+pub mod reload;
 
 pub use connector::{Connector, ConnectorBuilder, SendError, StartError, StatusSource};
 pub use lifecycle::{Events, Lifecycle, Stats};
+pub use reload::{ReloadError, ReloadReport};

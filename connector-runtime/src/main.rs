@@ -1,6 +1,6 @@
 //! The `connector-runtime` binary: reads `connector.yaml`, connects the
 //! declared devices to the platform and keeps them connected until Ctrl-C or
-//! SIGTERM. `--embedded-platform` brings its own platform simulator.
+//! SIGTERM; SIGHUP reloads the config file. `--embedded-platform` brings its own platform simulator.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -190,6 +190,8 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
 }
 
 async fn run(mut config: Config, args: &Args) -> Result<(), String> {
+    // Before anything starts, so an early SIGHUP or SIGTERM is not fatal.
+    let signals = Signals::listen();
     let simulator = if args.embedded_platform {
         let sim = demo::start_simulator(&config).await?;
         config.platform.lookup_url = sim.lookup_url();
@@ -219,7 +221,24 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
         actix_rt::spawn(demo::drive(sim.clone(), config.devices.clone(), interval))
     });
 
-    wait_for_shutdown_signal().await;
+    let embedded = simulator.as_ref().map(|sim| sim.lookup_url());
+    signals
+        .wait_for_shutdown(|| async {
+            // The same checks as at start and `--check`; the embedded platform
+            // stays where it is.
+            let mut new = match load_config(args) {
+                Ok(new) => new,
+                Err(message) => return error!("reload refused, the running config stays: {message}"),
+            };
+            if let Some(url) = &embedded {
+                new.platform.lookup_url = url.clone();
+                new.platform.https = false;
+            }
+            if let Err(e) = connector.reload(new).await {
+                error!("reload refused, the running config stays: {e}");
+            }
+        })
+        .await;
     info!("shutting down: stopping devices and flushing the buffer");
     if let Some(driver) = driver {
         driver.abort();
@@ -236,21 +255,52 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM where there is one (systemd and container stops).
-async fn wait_for_shutdown_signal() {
+/// SIGTERM (systemd and container stops) and SIGHUP (reload), where there are such.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Signals {
+                    unix: Some((term, hup)),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!("cannot listen for SIGTERM and SIGHUP ({e}); only Ctrl-C stops the connector, no reload");
+                    Signals { unix: None }
                 }
-                return;
             }
-            Err(e) => warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the connector"),
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Ctrl-C or SIGTERM; each SIGHUP (`kill -HUP`, `systemctl reload`)
+    /// runs `reload` meanwhile.
+    async fn wait_for_shutdown<F, Fut>(self, mut reload: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        #[cfg(unix)]
+        if let Some((mut term, mut hup)) = self.unix {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        info!("SIGHUP: reloading the config");
+                        reload().await;
+                    }
+                }
+            }
+        }
+        let _ = &mut reload;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

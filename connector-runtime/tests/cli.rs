@@ -99,9 +99,14 @@ struct Demo {
 
 impl Demo {
     fn start(extra: &[&str]) -> Demo {
+        Demo::start_with(&demo_config(), extra)
+    }
+
+    /// Like [`Demo::start`], with another config file.
+    fn start_with(config: &std::path::Path, extra: &[&str]) -> Demo {
         let mut child = binary()
             .arg("--config")
-            .arg(demo_config())
+            .arg(config)
             .args(["--embedded-platform", "--demo-interval", "0.1"])
             .args(extra)
             .stderr(Stdio::piped())
@@ -134,6 +139,15 @@ impl Demo {
         false
     }
 
+    /// Sends SIGHUP, as `systemctl reload` does.
+    fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Stops the process the way systemd and container runtimes do, and
     /// returns its exit status and every stderr line.
     fn stop(mut self) -> (ExitStatus, Vec<String>) {
@@ -160,6 +174,31 @@ fn the_embedded_platform_demo_runs_the_whole_loop_and_stops_cleanly_on_sigterm()
     assert!(log.contains("devices registered devices=3"), "{log}");
     assert!(log.contains("platform link closed"), "{log}");
     assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_a_broken_one_is_refused_while_the_connector_keeps_running() {
+    let one = "devices:\n  - { id: lamp-1, plugin: echo }\n";
+    let config = write_config("reload.yaml", one);
+    let mut demo = Demo::start_with(&config, &[]);
+    let registered = demo.wait_for(|line| line.contains("devices registered devices=1"));
+    std::fs::write(&config, format!("{one}  - {{ id: plug-2, plugin: echo }}\n")).unwrap();
+    demo.hangup();
+    let reloaded = demo.wait_for(|line| line.contains("reload: 1 added, 0 removed, 0 changed"));
+    std::fs::write(&config, "devices:\n  - { id: lamp-1, plugin: nope }\n").unwrap();
+    demo.hangup();
+    let refused = demo.wait_for(|line| line.contains("reload refused"));
+    // Still running and answering: the demo keeps commanding the first device.
+    let answering = demo.wait_for(|line| line.contains("got the answer"));
+    let (exit, log) = demo.stop();
+    let log = log.join("\n");
+    assert!(registered && reloaded && refused && answering, "{log}");
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    let refusal = log.lines().find(|line| line.contains("reload refused")).unwrap();
+    assert!(
+        refusal.contains("reload.yaml:2: devices[0].plugin") && refusal.contains("no plugin named \"nope\""),
+        "{refusal}"
+    );
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! `Connector::reload` against the simulator: devices come and go while the
+//! session and the untouched devices keep running.
+
+mod util;
+
+use platform_sim::Command;
+use util::*;
+
+const GENERATOR: &str =
+    "  - { id: gen, type: gen, name: Gen, plugin: generator, settings: { interval_ms: 10, body: \"{n}\" } }\n";
+const A: &str = "  - { id: a, type: lamp, name: A, plugin: echo }\n";
+const B: &str = "  - { id: b, type: lamp, name: B, plugin: echo }\n";
+const C: &str = "  - { id: c, type: lamp, name: C, plugin: echo }\n";
+
+/// The generator's event numbers as received, checked to start at 1 without a gap.
+async fn contiguous_events(sim: &platform_sim::SimHandle) -> usize {
+    let bodies = event_bodies(sim, "gen").await;
+    let expected: Vec<String> = (1..=bodies.len()).map(|n| n.to_string()).collect();
+    assert_eq!(bodies, expected, "the generator's events have a gap or a repeat");
+    bodies.len()
+}
+
+#[actix_rt::test]
+async fn a_reload_adds_one_device_and_removes_another_while_events_keep_flowing_without_a_gap() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, "", &format!("{GENERATOR}{A}{B}"))).await;
+    let sessions = sim.counters().await.sessions_opened;
+    eventually("some generator events", || async {
+        (event_bodies(&sim, "gen").await.len() >= 5).then_some(())
+    })
+    .await;
+
+    let report = connector
+        .reload(config_with(&sim, "", &format!("{GENERATOR}{B}{C}")))
+        .await
+        .expect("the reload is accepted");
+    assert_eq!(
+        (report.added, report.removed, report.changed),
+        (vec!["c".to_owned()], vec!["a".to_owned()], vec![])
+    );
+
+    eventually("the platform has b, c and gen, not a", || async {
+        (device_ids(&sim).await == ["b", "c", "gen"]).then_some(())
+    })
+    .await;
+    let reply = sim
+        .command_and_wait(&Command::new("c", "ping").body("hello c"), DEADLINE)
+        .await
+        .expect("the added device answers");
+    assert_eq!(reply.message.body, "hello c");
+
+    let before = contiguous_events(&sim).await;
+    eventually("more generator events after the reload", || async {
+        (event_bodies(&sim, "gen").await.len() >= before + 5).then_some(())
+    })
+    .await;
+    barrier(&sim, "b").await;
+    contiguous_events(&sim).await;
+    assert_eq!(
+        sim.counters().await.sessions_opened,
+        sessions,
+        "the session was reopened"
+    );
+    connector.shutdown(DEADLINE).await;
+}
+
+#[actix_rt::test]
+async fn a_changed_device_is_restarted_under_the_same_id() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, "", &format!("{A}{B}"))).await;
+    let renamed = "  - { id: a, type: lamp, name: Renamed, plugin: echo }\n";
+    let report = connector
+        .reload(config_with(&sim, "", &format!("{renamed}{B}")))
+        .await
+        .unwrap();
+    assert_eq!(report.changed, ["a"]);
+    assert!(report.added.is_empty() && report.removed.is_empty(), "{report:?}");
+    eventually("a registered under its new name", || async {
+        sim.devices()
+            .await
+            .iter()
+            .any(|d| d.id == "a" && d.title == "Renamed")
+            .then_some(())
+    })
+    .await;
+    barrier(&sim, "a").await;
+    connector.shutdown(DEADLINE).await;
+}
+
+#[actix_rt::test]
+async fn a_broken_reload_leaves_everything_running() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, "", &format!("{A}{B}"))).await;
+    let unknown_plugin = "  - { id: x, plugin: nope }\n";
+    let bad_settings = "  - { id: g, plugin: generator, settings: { interval_ms: 0 } }\n";
+    for (devices, expected) in [
+        (format!("{A}{unknown_plugin}"), "no plugin named \"nope\""),
+        (format!("{A}{bad_settings}"), "device \"g\""),
+    ] {
+        let error = connector
+            .reload(config_with(&sim, "", &devices))
+            .await
+            .expect_err("the reload is refused");
+        assert!(error.to_string().contains(expected), "{error} lacks {expected:?}");
+    }
+    // What `Config::load` would refuse, built by hand.
+    let mut duplicate = config_with(&sim, "", &format!("{A}{B}"));
+    duplicate.devices.push(duplicate.devices[0].clone());
+    let error = connector
+        .reload(duplicate)
+        .await
+        .expect_err("an invalid config is refused");
+    assert!(error.to_string().contains("duplicate device id"), "{error}");
+    let error = connector
+        .reload(config_with(&sim, "  user: someone-else\n", &format!("{A}{B}")))
+        .await
+        .expect_err("a platform change is refused");
+    assert!(error.to_string().contains("platform section changed"), "{error}");
+
+    assert_eq!(device_ids(&sim).await, ["a", "b"]);
+    let mut ids: Vec<String> = connector.devices().await.into_iter().map(|d| d.device.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    barrier(&sim, "a").await;
+    barrier(&sim, "b").await;
+    connector.shutdown(DEADLINE).await;
+}
