@@ -229,6 +229,12 @@ async fn a_long_outage_with_refused_lookups_failed_registrations_and_no_listener
     sim.fail_lookups(503, u32::MAX).await;
     sim.drop_sessions(DropMode::close()).await;
     down(&mut events).await;
+    // The connector's close reply is out, but the platform may not have read
+    // up to it yet; stopping to listen drops connections, unread data too.
+    eventually("the platform read the session to its end", || async {
+        (sim.counters().await.sessions_closed >= 1).then_some(())
+    })
+    .await;
 
     // Not listening: the connection itself is refused.
     sim.stop_listening().await.unwrap();
