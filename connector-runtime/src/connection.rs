@@ -66,8 +66,7 @@ pub struct LinkSettings {
     pub lookup_url: String,
     /// Forces `wss://` (and `https://` for registration) whatever the lookup says.
     pub https: bool,
-    /// The one client (with the config's TLS trust) for lookup and the
-    /// WebSocket; the registry shares it.
+    /// The client (with the config's TLS trust) for lookup and the WebSocket.
     pub http: HttpClient,
     pub credentials: Credentials,
     pub ping_interval: Duration,
@@ -135,6 +134,10 @@ impl Message for Incoming {
 #[rtype(result = "()")]
 pub struct Shutdown {
     pub flush_timeout: Duration,
+    /// The buffer passes to a new link (a reload changed the platform
+    /// settings): close at once, and what is unsent is not missing, only
+    /// waiting for the successor.
+    pub handover: bool,
 }
 
 /// How often a shutdown checks whether the buffer has drained.
@@ -153,6 +156,8 @@ pub struct ConnectionActor {
     next_session: u64,
     /// Answered once a shutdown has finished.
     shutdown_done: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The shutdown hands the buffer to a successor (see [`Shutdown::handover`]).
+    handover: bool,
 }
 
 impl ConnectionActor {
@@ -167,6 +172,7 @@ impl ConnectionActor {
             state: State::Idle,
             next_session: 0,
             shutdown_done: Vec::new(),
+            handover: false,
         }
     }
 
@@ -470,7 +476,13 @@ impl Handler<Shutdown> for ConnectionActor {
         let first = self.shutdown_done.is_empty();
         self.shutdown_done.push(tx);
         if first {
-            let deadline = Instant::now() + msg.flush_timeout;
+            self.handover = msg.handover;
+            let flush_timeout = if msg.handover {
+                Duration::ZERO
+            } else {
+                msg.flush_timeout
+            };
+            let deadline = Instant::now() + flush_timeout;
             self.flush_then_close(deadline, ctx);
         }
         Box::pin(async move {
@@ -497,7 +509,17 @@ impl ConnectionActor {
             ctx.run_later(FLUSH_POLL, move |act, ctx| act.flush_then_close(deadline, ctx));
             return;
         }
-        if unsent > 0 {
+        if self.handover {
+            debug!(
+                frames = unsent,
+                "closing the link; its successor sends what is buffered"
+            );
+            if matches!(self.state, State::Up(_)) {
+                self.events.publish(Lifecycle::Disconnected {
+                    reason: "the platform settings changed (reload); reconnecting with the new ones".into(),
+                });
+            }
+        } else if unsent > 0 {
             warn!(
                 frames = unsent,
                 "shutting down with frames the platform has not received"
@@ -521,8 +543,9 @@ impl ConnectionActor {
 
     fn finish_shutdown(&mut self, ctx: &mut Context<Self>) {
         if let State::Closing(session) = std::mem::replace(&mut self.state, State::Closed) {
-            ctx.cancel_future(session.reader);
-            ctx.cancel_future(session.writer_task);
+            // A batch cut short by a failed write goes back to the buffer,
+            // for a successor link or the journal's next run.
+            self.end_session(session, ctx);
         }
         if self.shutdown_done.is_empty() {
             return; // already finished

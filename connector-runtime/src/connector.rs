@@ -19,7 +19,8 @@ use crate::device::{enqueue, DeviceActor};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Outbox, OutboxHandle};
 use crate::registry::{
-    AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, RemoveDevice, Route, StopAll,
+    AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, Relink, RemoveDevice, Route,
+    StopAll,
 };
 use crate::reload::{self, ReloadError, ReloadReport};
 
@@ -61,15 +62,21 @@ pub enum SendError {
 /// A running connector. Must be created inside an actix system (for example
 /// under `#[actix_rt::main]`); its methods may be called from any task.
 pub struct Connector {
-    connection: Addr<ConnectionActor>,
     registry: Addr<RegistryActor>,
     outbox: OutboxHandle,
     events: Events,
     commands: tokio::sync::Mutex<mpsc::Receiver<PlatformMessage>>,
     /// The plugins devices are started with, also on a reload.
     plugins: Arc<PluginRegistry>,
-    /// The config running now; the lock also keeps reloads one at a time.
-    config: tokio::sync::Mutex<Config>,
+    /// The config and link running now; the lock keeps reloads one at a time.
+    running: tokio::sync::Mutex<Running>,
+}
+
+/// What a reload replaces.
+struct Running {
+    config: Config,
+    /// A reload that changes the platform settings starts a new one.
+    connection: Addr<ConnectionActor>,
 }
 
 /// Starts a [`Connector`] with the built-in plugins plus any added here.
@@ -126,29 +133,14 @@ impl ConnectorBuilder {
                 .into());
             }
         }
-        let platform = &config.platform;
-        // Before any actor starts, so a broken CA file stops the start. One
-        // client for lookup, registration and the socket.
-        let tls = TlsSettings::load(platform.ca_file.as_deref())?;
-        let http = HttpClient::from_awc(tls.awc_client(HANDSHAKE_TIMEOUT));
+        // Before any actor starts, so a broken CA file stops the start.
+        let (link, registry_settings) = link_settings(&config)?;
         let events = Events::new();
-        let buffer = &platform.buffer;
-        let outbox = open_outbox(buffer, &events)?;
+        let outbox = open_outbox(&config.platform.buffer, &events)?;
         let (program_tx, program_rx) = mpsc::channel(PROGRAM_QUEUE);
-        let registry = RegistryActor::new(
-            RegistrySettings {
-                registration_path: config.registration_path().to_owned(),
-                http: http.clone(),
-                credentials: config.credentials(),
-                backoff_initial: platform.backoff.initial(),
-                backoff_max: platform.backoff.max(),
-            },
-            outbox.clone(),
-            events.clone(),
-            program_tx,
-        )
-        .with_mailbox_capacity(device_mailbox)
-        .start();
+        let registry = RegistryActor::new(registry_settings, outbox.clone(), events.clone(), program_tx)
+            .with_mailbox_capacity(device_mailbox)
+            .start();
         let plugins = Arc::new(plugins);
         for spec in specs {
             let device = spec.device.clone();
@@ -160,29 +152,45 @@ impl ConnectorBuilder {
                 })
                 .await??;
         }
-        let link = LinkSettings {
-            lookup_url: config.lookup_url(),
-            https: platform.https,
-            http,
-            credentials: config.credentials(),
-            ping_interval: platform.ping_interval(),
-            pong_timeout: platform.pong_timeout(),
-            max_frame_bytes: platform.max_frame_bytes,
-            backoff_initial: platform.backoff.initial(),
-            backoff_max: platform.backoff.max(),
-        };
         let connection = ConnectionActor::new(link, outbox.clone(), events.clone(), registry.clone()).start();
         info!(devices = config.devices.len(), "connector started");
         Ok(Connector {
-            connection,
             registry,
             outbox,
             events,
             commands: tokio::sync::Mutex::new(program_rx),
             plugins,
-            config: tokio::sync::Mutex::new(config),
+            running: tokio::sync::Mutex::new(Running { config, connection }),
         })
     }
+}
+
+/// The link's and the registry's settings from a checked config; both trust
+/// what the config's TLS settings say. Fails if `platform.ca_file` is unusable.
+fn link_settings(config: &Config) -> Result<(LinkSettings, RegistrySettings), connector_core::tls::TlsError> {
+    let platform = &config.platform;
+    let tls = TlsSettings::load(platform.ca_file.as_deref())?;
+    // One client for the lookup and the socket.
+    let http = HttpClient::from_awc(tls.awc_client(HANDSHAKE_TIMEOUT));
+    let registry = RegistrySettings {
+        registration_path: config.registration_path().to_owned(),
+        tls,
+        credentials: config.credentials(),
+        backoff_initial: platform.backoff.initial(),
+        backoff_max: platform.backoff.max(),
+    };
+    let link = LinkSettings {
+        lookup_url: config.lookup_url(),
+        https: platform.https,
+        http,
+        credentials: config.credentials(),
+        ping_interval: platform.ping_interval(),
+        pong_timeout: platform.pong_timeout(),
+        max_frame_bytes: platform.max_frame_bytes,
+        backoff_initial: platform.backoff.initial(),
+        backoff_max: platform.backoff.max(),
+    };
+    Ok((link, registry))
 }
 
 /// Whether `plugins` has the device's plugin and it takes the settings.
@@ -289,17 +297,26 @@ impl Connector {
             .unwrap_or_else(|_| Err(RegistryError::Unknown(device.id.clone())))
     }
 
-    /// Applies a new config's devices without a restart (see [`crate::reload`]):
-    /// added ones are started and registered, removed ones stopped and
+    /// Applies a new config without a restart (see [`crate::reload`]): added
+    /// devices are started and registered, removed ones stopped and
     /// unregistered, changed ones restarted (unregistered and registered again
-    /// under the same id); the others and the platform session are untouched.
+    /// under the same id); the others keep running. The platform session stays
+    /// up unless the `platform:` settings changed: then the link closes and
+    /// reconnects with the new ones, the buffer is handed over untouched, and
+    /// every device registers again with the new settings.
+    ///
     /// A config that fails validation, names an unknown plugin, gives a plugin
-    /// settings it refuses, or changes the `platform:` or `plugins:` section is
-    /// refused as a whole and nothing changes.
+    /// settings it refuses, has an unusable `ca_file`, or changes
+    /// `platform.buffer` or the `plugins:` section is refused as a whole and
+    /// nothing changes.
     pub async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
-        let mut running = self.config.lock().await;
+        let mut guard = self.running.lock().await;
+        let Running {
+            config: old,
+            connection,
+        } = &mut *guard;
         new.validate()?;
-        reload::check_sections(&running, &new)?;
+        reload::check_sections(old, &new)?;
         let problems: Vec<String> = new
             .devices
             .iter()
@@ -308,17 +325,38 @@ impl Connector {
         if !problems.is_empty() {
             return Err(ReloadError::Devices(problems));
         }
-        if new.metrics != running.metrics || new.log_level != running.log_level || new.log_format != running.log_format
-        {
+        // Built before anything changes, so a broken CA file refuses the reload.
+        let relink = if new.platform == old.platform {
+            None
+        } else {
+            Some(link_settings(&new)?)
+        };
+        if new.metrics != old.metrics || new.log_level != old.log_level || new.log_format != old.log_format {
             warn!("metrics and logging settings are applied on the next restart, not on a reload");
         }
-        let diff = reload::diff(&running.devices, &new.devices);
+        let diff = reload::diff(&old.devices, &new.devices);
         let ids = |list: &[&DeviceConfig]| list.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
         let report = ReloadReport {
             added: ids(&diff.added),
             removed: ids(&diff.removed),
             changed: ids(&diff.changed),
+            reconnected: relink.is_some(),
         };
+        if let Some((link, registry_settings)) = relink {
+            // The old link closes first (its last batch is written, then the
+            // close handshake) so frames never overtake each other across the
+            // two sessions; the new one drains the same buffer.
+            info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
+            self.registry.send(Relink(registry_settings)).await?;
+            let _ = connection
+                .send(Shutdown {
+                    flush_timeout: Duration::ZERO,
+                    handover: true,
+                })
+                .await;
+            *connection =
+                ConnectionActor::new(link, self.outbox.clone(), self.events.clone(), self.registry.clone()).start();
+        }
         for device in diff.removed.iter().chain(&diff.changed) {
             if let Err(e) = self.registry.send(RemoveDevice { id: device.id.clone() }).await? {
                 warn!(device_id = %device.id, error = %e, "reload: the device was not running");
@@ -334,11 +372,12 @@ impl Connector {
                 })
                 .await??;
         }
-        *running = new;
+        *old = new;
         info!(
             added = report.added.len(),
             removed = report.removed.len(),
             changed = report.changed.len(),
+            reconnected = report.reconnected,
             "reload: {report}"
         );
         Ok(report)
@@ -380,7 +419,13 @@ impl Connector {
     /// most `flush_timeout`), closes the session and stops the actors.
     pub async fn shutdown(self, flush_timeout: Duration) {
         let _ = self.registry.send(StopAll).await;
-        let _ = self.connection.send(Shutdown { flush_timeout }).await;
+        let connection = self.running.into_inner().connection;
+        let _ = connection
+            .send(Shutdown {
+                flush_timeout,
+                handover: false,
+            })
+            .await;
         info!("connector stopped");
     }
 }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use actix::prelude::*;
 use connector_core::backoff::Backoff;
+use connector_core::http::HttpClient;
 use connector_core::registration::{self, Outcome};
+use connector_core::tls::TlsSettings;
 use connector_core::{Credentials, Device, Message as PlatformMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -28,8 +30,9 @@ const REGISTER_BATCH: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
     pub registration_path: String,
-    /// The client (with the config's TLS trust) shared with the connection.
-    pub http: connector_core::http::HttpClient,
+    /// What TLS trusts (the config's `ca_file`); the registry builds its HTTP
+    /// client from it on its own thread, as awc clients stay on theirs.
+    pub tls: TlsSettings,
     pub credentials: Credentials,
     pub backoff_initial: std::time::Duration,
     pub backoff_max: std::time::Duration,
@@ -55,6 +58,12 @@ pub struct LinkUp {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LinkDown;
+
+/// The platform settings changed (a reload): the session is going away and
+/// the next one, on the new settings, registers every device again with them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relink(pub RegistrySettings);
 
 /// A command frame from the platform, to be routed by its `device_id`.
 #[derive(Message)]
@@ -123,6 +132,8 @@ enum Job {
 /// Tracks and (un)registers devices; see the module docs.
 pub struct RegistryActor {
     settings: RegistrySettings,
+    /// Built from `settings.tls`, anew when the settings change.
+    http: HttpClient,
     outbox: OutboxHandle,
     events: Events,
     devices: BTreeMap<String, Entry>,
@@ -152,6 +163,7 @@ impl RegistryActor {
     ) -> Self {
         let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         RegistryActor {
+            http: registration_client(&settings.tls),
             settings,
             outbox,
             events,
@@ -200,12 +212,11 @@ impl RegistryActor {
         let generation = self.link_generation;
         let (path, credentials) = (&self.settings.registration_path, &self.settings.credentials);
         let request = match &job {
-            Job::Register(batch) => self.settings.http.post(
+            Job::Register(batch) => self.http.post(
                 registration::register_url(&base, path),
                 registration::register_body(credentials, batch),
             ),
             Job::Unregister(device) => self
-                .settings
                 .http
                 .delete(registration::unregister_url(&base, path, &device.id))
                 .body(registration::unregister_body(credentials)),
@@ -299,6 +310,11 @@ impl RegistryActor {
     }
 }
 
+/// The HTTP client for (un)registration requests.
+fn registration_client(tls: &TlsSettings) -> HttpClient {
+    HttpClient::from_awc(tls.awc_client(crate::connection::HANDSHAKE_TIMEOUT))
+}
+
 /// The start of a refusing answer's body for the log, with the password cut
 /// out: a platform's error page may echo the request, credentials included.
 fn answer_excerpt(body: &str, password: &str) -> String {
@@ -327,6 +343,21 @@ impl Handler<LinkUp> for RegistryActor {
             entry.registered = false;
         }
         self.sync(ctx);
+    }
+}
+
+impl Handler<Relink> for RegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, Relink(settings): Relink, ctx: &mut Self::Context) {
+        // A retry or an answer still under way belongs to the old platform.
+        if let Some(retry) = self.retry.take() {
+            ctx.cancel_future(retry);
+        }
+        self.backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+        self.http = registration_client(&settings.tls);
+        self.settings = settings;
+        self.handle(LinkDown, ctx);
     }
 }
 

@@ -6,12 +6,16 @@
 //! only in the running config is *removed*, one in both whose type, name,
 //! plugin or settings differ is *changed* and is restarted (stopped,
 //! unregistered, then started and registered again under the same id). Its
-//! line in the file does not count. The platform session stays up.
+//! line in the file does not count. The platform session stays up, unless
+//! the `platform:` settings changed: then the connector reconnects with the
+//! new ones and registers every device again.
 //!
-//! Left out: the `platform:` and `plugins:` sections are not applied on a
-//! reload. A config that changes them is refused as a whole, so nothing
-//! half-applies; restart the connector for those. `metrics` and logging
-//! settings in a reloaded file are ignored (with a warning) until a restart.
+//! Left out: `platform.buffer` (it holds what is not yet sent; a new bound or
+//! file would drop or strand frames) and the `plugins:` section (libraries
+//! stay loaded for the life of the process) are not applied on a reload. A
+//! config that changes them is refused as a whole, so nothing half-applies;
+//! restart the connector for those. `metrics` and logging settings in a
+//! reloaded file are ignored (with a warning) until a restart.
 
 use connector_core::config::{Config, ConfigError, DeviceConfig};
 
@@ -24,8 +28,11 @@ pub enum ReloadError {
     /// Devices whose plugin is unknown or refuses its settings, one per line.
     #[error("{}", .0.join("\n"))]
     Devices(Vec<String>),
-    #[error("platform section changed: restart the connector to apply it")]
-    PlatformChanged,
+    #[error("platform.buffer changed: restart the connector to apply it (the buffer holds what is not yet sent)")]
+    BufferChanged,
+    /// `platform.ca_file` of the new config is missing, unreadable or holds no usable CA.
+    #[error(transparent)]
+    Tls(#[from] connector_core::tls::TlsError),
     #[error("plugins section changed: restart the connector to apply it")]
     PluginsChanged,
     /// The registry refused a change while it was applied (not expected:
@@ -42,6 +49,8 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
+    /// The platform settings changed and the link reconnected with them.
+    pub reconnected: bool,
 }
 
 impl std::fmt::Display for ReloadReport {
@@ -52,7 +61,11 @@ impl std::fmt::Display for ReloadReport {
             self.added.len(),
             self.removed.len(),
             self.changed.len()
-        )
+        )?;
+        if self.reconnected {
+            write!(f, ", reconnecting with the new platform settings")?;
+        }
+        Ok(())
     }
 }
 
@@ -91,8 +104,8 @@ fn same_device(a: &DeviceConfig, b: &DeviceConfig) -> bool {
 
 /// Refuses a config whose sections a reload does not apply.
 pub fn check_sections(old: &Config, new: &Config) -> Result<(), ReloadError> {
-    if old.platform != new.platform {
-        return Err(ReloadError::PlatformChanged);
+    if old.platform.buffer != new.platform.buffer {
+        return Err(ReloadError::BufferChanged);
     }
     if old.plugins != new.plugins {
         return Err(ReloadError::PluginsChanged);
@@ -138,5 +151,13 @@ mod tests {
             ..ReloadReport::default()
         };
         assert_eq!(report.to_string(), "1 added, 0 removed, 0 changed");
+        let relinked = ReloadReport {
+            reconnected: true,
+            ..ReloadReport::default()
+        };
+        assert_eq!(
+            relinked.to_string(),
+            "0 added, 0 removed, 0 changed, reconnecting with the new platform settings"
+        );
     }
 }

@@ -3,7 +3,8 @@
 
 mod util;
 
-use platform_sim::Command;
+use connector_runtime::{Connector, Lifecycle};
+use platform_sim::{Command, SimConfig};
 use util::*;
 
 const GENERATOR: &str =
@@ -111,11 +112,19 @@ async fn a_broken_reload_leaves_everything_running() {
         .await
         .expect_err("an invalid config is refused");
     assert!(error.to_string().contains("duplicate device id"), "{error}");
-    let error = connector
-        .reload(config_with(&sim, "  user: someone-else\n", &format!("{A}{B}")))
-        .await
-        .expect_err("a platform change is refused");
-    assert!(error.to_string().contains("platform section changed"), "{error}");
+    for (platform, expected) in [
+        ("  buffer: { max_frames: 7 }\n", "platform.buffer changed: restart"),
+        (
+            "  user: someone-else\n  ca_file: /nonexistent/ca.pem\n",
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let error = connector
+            .reload(config_with(&sim, platform, &format!("{A}{B}")))
+            .await
+            .expect_err("the platform change is refused");
+        assert!(error.to_string().contains(expected), "{error} lacks {expected:?}");
+    }
 
     assert_eq!(device_ids(&sim).await, ["a", "b"]);
     let mut ids: Vec<String> = connector.devices().await.into_iter().map(|d| d.device.id).collect();
@@ -123,5 +132,110 @@ async fn a_broken_reload_leaves_everything_running() {
     assert_eq!(ids, ["a", "b"]);
     barrier(&sim, "a").await;
     barrier(&sim, "b").await;
+    let sessions = sim.sessions().await;
+    assert_eq!(sessions.len(), 1, "the session was reopened: {sessions:?}");
+    assert_eq!(sessions[0].user, "", "{sessions:?}");
+    connector.shutdown(DEADLINE).await;
+}
+
+fn sim_for(user: &str, password: &str) -> SimConfig {
+    SimConfig {
+        user: user.into(),
+        password: password.into(),
+        ..SimConfig::default()
+    }
+}
+
+#[actix_rt::test]
+async fn changing_the_platform_section_reconnects_with_the_new_settings_and_loses_no_event() {
+    let old = simulator_with(sim_for("alice", "alice-pw")).await;
+    let new = simulator_with(sim_for("bob", "bob-pw")).await;
+    let devices = format!("{GENERATOR}{A}");
+    let connector = connected(
+        &old,
+        config_with(&old, "  user: alice\n  password: alice-pw\n", &devices),
+    )
+    .await;
+    let mut events = connector.subscribe();
+    eventually("some generator events on the old platform", || async {
+        (event_bodies(&old, "gen").await.len() >= 5).then_some(())
+    })
+    .await;
+
+    let report = connector
+        .reload(config_with(&new, "  user: bob\n  password: bob-pw\n", &devices))
+        .await
+        .expect("the reload is accepted");
+    assert!(report.reconnected, "{report:?}");
+    assert!(
+        report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty(),
+        "{report:?}"
+    );
+    let new_url = new.lookup_url();
+    let port = new_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    wait_event(
+        &mut events,
+        "connected to the new platform",
+        |e| matches!(e, Lifecycle::Connected { url } if url.contains(&format!(":{port}/"))),
+    )
+    .await;
+    eventually("both devices registered with the new platform", || async {
+        (device_ids(&new).await == ["a", "gen"]).then_some(())
+    })
+    .await;
+    let sessions = new.sessions().await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!((sessions[0].authenticated, sessions[0].user.as_str()), (true, "bob"));
+    eventually("the old platform's session closed", || async {
+        (old.counters().await.sessions_closed == 1).then_some(())
+    })
+    .await;
+    assert_eq!(old.counters().await.sessions_refused, 0);
+
+    eventually("generator events on the new platform", || async {
+        (event_bodies(&new, "gen").await.len() >= 5).then_some(())
+    })
+    .await;
+    barrier(&new, "a").await;
+    // The old session closed with a close handshake: every event is on one
+    // platform or the other, once, in order.
+    let mut all = event_bodies(&old, "gen").await;
+    all.extend(event_bodies(&new, "gen").await);
+    let expected: Vec<String> = (1..=all.len()).map(|n| n.to_string()).collect();
+    assert_eq!(all, expected, "events were lost or repeated across the switch");
+    assert!(connector.stats().is_session_up(), "the session is reported down");
+    connector.shutdown(DEADLINE).await;
+}
+
+#[actix_rt::test]
+async fn a_wrong_password_fixed_by_a_reload_reconnects_without_a_restart() {
+    let sim = simulator_with(sim_for("alice", "right")).await;
+    let connector = Connector::start(config_with(&sim, "  user: alice\n  password: wrong\n", A))
+        .await
+        .expect("the connector starts");
+    let mut events = connector.subscribe();
+    wait_event(&mut events, "the credentials refused", |e| {
+        matches!(e, Lifecycle::CredentialsRefused { .. })
+    })
+    .await;
+    assert!(device_ids(&sim).await.is_empty());
+
+    let report = connector
+        .reload(config_with(&sim, "  user: alice\n  password: right\n", A))
+        .await
+        .expect("the reload is accepted");
+    assert!(report.reconnected, "{report:?}");
+    eventually("the device registered", || async {
+        (device_ids(&sim).await == ["a"]).then_some(())
+    })
+    .await;
+    barrier(&sim, "a").await;
     connector.shutdown(DEADLINE).await;
 }

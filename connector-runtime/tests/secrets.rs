@@ -170,7 +170,7 @@ async fn the_password_appears_in_no_log_line_error_or_debug_output_at_trace_leve
     shown.debug(&LinkSettings {
         lookup_url: config.lookup_url(),
         https: true,
-        http: client.clone(),
+        http: client,
         credentials: config.credentials(),
         ping_interval: config.platform.ping_interval(),
         pong_timeout: config.platform.pong_timeout(),
@@ -180,7 +180,7 @@ async fn the_password_appears_in_no_log_line_error_or_debug_output_at_trace_leve
     });
     shown.debug(&RegistrySettings {
         registration_path: config.registration_path().to_owned(),
-        http: client,
+        tls: tls.clone(),
         credentials: config.credentials(),
         backoff_initial: config.platform.backoff.initial(),
         backoff_max: config.platform.backoff.max(),
