@@ -381,6 +381,21 @@ impl SimHandle {
         control::command_and_wait(self.shared(), command, timeout).await
     }
 
+    /// Starts (or stops) timing command round trips on the simulator's side
+    /// of the wire: from a session handing a command frame to its socket to
+    /// reading the `response:` with its task id. For latency benchmarks, where
+    /// a driver's own scheduling would blur the figures. Earlier samples are
+    /// dropped either way.
+    pub async fn time_round_trips(&self, on: bool) {
+        self.shared().round_trips.switch(on);
+    }
+
+    /// The round trips timed so far (see [`time_round_trips`](Self::time_round_trips)),
+    /// in the order they completed; they are handed out once.
+    pub async fn take_round_trips(&self) -> Vec<Duration> {
+        self.shared().round_trips.take()
+    }
+
     /// Drops every open session; returns how many.
     pub async fn drop_sessions(&self, mode: DropMode) -> usize {
         control::drop_sessions(self.shared(), &mode)

@@ -201,7 +201,7 @@ async fn handshake(
                     return Err(End::Close(CloseCode::from(code), reason));
                 }
                 Some(SessionCmd::Reset) => return Err(End::Reset),
-                Some(SessionCmd::Text(_) | SessionCmd::Binary(_)) => continue,
+                Some(SessionCmd::Text(_) | SessionCmd::TimedCommand { .. } | SessionCmd::Binary(_)) => continue,
                 None => return Err(End::Close(CloseCode::Away, "simulator stopping".to_owned())),
             },
         };
@@ -312,6 +312,12 @@ async fn frames(
                         return End::PeerClosed(None);
                     }
                 }
+                Some(SessionCmd::TimedCommand { frame, task_id }) => {
+                    shared.round_trips.written(task_id);
+                    if session.text(frame).await.is_err() {
+                        return End::PeerClosed(None);
+                    }
+                }
                 Some(SessionCmd::Binary(bytes)) => {
                     if session.binary(bytes).await.is_err() {
                         return End::PeerClosed(None);
@@ -348,6 +354,9 @@ fn on_text(shared: &Shared, id: u64, text: &str) {
                 Ok((message, raw)) => {
                     if shared.config.record_events {
                         shared.record(EventKind::Response, id, message.clone());
+                    }
+                    if shared.round_trips.is_on() {
+                        shared.round_trips.answered(&message.task_id);
                     }
                     let task_id = message.task_id.clone();
                     if task_id.is_empty() {

@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard, PoisonError,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -174,8 +174,16 @@ pub struct SessionInfo {
 #[derive(Debug)]
 pub(crate) enum SessionCmd {
     Text(String),
+    /// A command frame whose round trip is timed (see [`RoundTrips`]).
+    TimedCommand {
+        frame: String,
+        task_id: String,
+    },
     Binary(bytes::Bytes),
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
     Reset,
 }
 
@@ -193,6 +201,62 @@ pub struct CommandResponse {
     pub message: Message,
     /// The response's JSON object exactly as the connector sent it.
     pub raw: serde_json::Value,
+}
+
+/// Command round trips timed on the simulator's side of the wire, for
+/// latency benchmarks: from a session handing the command frame to its
+/// socket to the same session reading the `response:` with its task id. Off
+/// by default; a driver's own scheduling is not in these figures.
+#[derive(Default)]
+pub(crate) struct RoundTrips {
+    on: AtomicBool,
+    log: Mutex<RoundTripLog>,
+}
+
+const ROUND_TRIPS_RESERVED: usize = 1 << 21;
+const ROUND_TRIPS_IN_FLIGHT: usize = 1 << 14;
+
+#[derive(Default)]
+struct RoundTripLog {
+    written: HashMap<String, Instant>,
+    samples: Vec<Duration>,
+}
+
+impl RoundTrips {
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Turns timing on or off; either way earlier samples are dropped.
+    pub(crate) fn switch(&self, on: bool) {
+        let mut log = lock(&self.log);
+        log.written = HashMap::new();
+        log.samples = Vec::new();
+        if on {
+            // Room for a few seconds at full speed up front: growing the
+            // log mid-run copies it, a stall that would show in the figures.
+            log.written.reserve(ROUND_TRIPS_IN_FLIGHT);
+            log.samples.reserve(ROUND_TRIPS_RESERVED);
+        }
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn written(&self, task_id: String) {
+        lock(&self.log).written.insert(task_id, Instant::now());
+    }
+
+    pub(crate) fn answered(&self, task_id: &str) {
+        let now = Instant::now();
+        let mut log = lock(&self.log);
+        if let Some(written) = log.written.remove(task_id) {
+            log.samples.push(now - written);
+        }
+    }
+
+    /// The round trips completed so far, in completion order; the log is emptied.
+    pub(crate) fn take(&self) -> Vec<Duration> {
+        std::mem::take(&mut lock(&self.log).samples)
+    }
 }
 
 /// "Answer the next `remaining` requests with `status`".
@@ -291,6 +355,7 @@ pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     pub(crate) counters: Counters,
     pub(crate) faults: Faults,
+    pub(crate) round_trips: RoundTrips,
     devices: Mutex<BTreeMap<String, Device>>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<CommandResponse>>>,
@@ -311,6 +376,7 @@ impl Shared {
             config,
             counters: Counters::default(),
             faults: Faults::new(),
+            round_trips: RoundTrips::default(),
             devices: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),

@@ -270,3 +270,48 @@ async fn bad_control_requests_get_400_with_a_message() {
     assert_eq!(status, 404);
     assert!(answer["error"].is_string());
 }
+
+#[actix_rt::test]
+async fn round_trips_are_timed_from_the_command_frame_to_its_response_only_while_switched_on() {
+    let sim = start().await;
+    let mut conn = ws_login(&sim).await;
+    // Off (the default): nothing is timed.
+    sim.send_command(&Command::new("d", "e")).await.unwrap();
+    let untimed = ws_next_json(&mut conn).await;
+    ws_send(&mut conn, &format!("response:{untimed}")).await;
+    eventually("the untimed response counted", || async {
+        (sim.counters().await.responses == 1).then_some(())
+    })
+    .await;
+    assert!(sim.take_round_trips().await.is_empty());
+
+    sim.time_round_trips(true).await;
+    let started = std::time::Instant::now();
+    sim.send_command(&Command::new("d", "e")).await.unwrap();
+    sim.send_command(&Command::new("d", "e")).await.unwrap();
+    let first = ws_next_json(&mut conn).await;
+    let second = ws_next_json(&mut conn).await;
+    actix_rt::time::sleep(Duration::from_millis(30)).await;
+    ws_send(&mut conn, &format!("response:{second}")).await;
+    // A response nobody timed (an unknown task id) adds no sample.
+    let mut stranger = first.clone();
+    stranger["task_id"] = json!("not-a-task");
+    ws_send(&mut conn, &format!("response:{stranger}")).await;
+    eventually("the responses counted", || async {
+        (sim.counters().await.responses == 3).then_some(())
+    })
+    .await;
+    let timed = sim.take_round_trips().await;
+    assert_eq!(timed.len(), 1, "{timed:?}");
+    assert!(timed[0] >= Duration::from_millis(30), "{timed:?}");
+    assert!(timed[0] <= started.elapsed(), "{timed:?}");
+    assert!(sim.take_round_trips().await.is_empty(), "samples are handed out once");
+
+    sim.time_round_trips(false).await;
+    ws_send(&mut conn, &format!("response:{first}")).await;
+    eventually("the late response counted", || async {
+        (sim.counters().await.responses == 4).then_some(())
+    })
+    .await;
+    assert!(sim.take_round_trips().await.is_empty(), "switched off");
+}
