@@ -19,6 +19,11 @@ mod raw;
 mod report;
 mod scale;
 
+/// The same allocator as the `connector-runtime` binary, so the figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

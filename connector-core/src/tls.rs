@@ -133,10 +133,34 @@ impl TlsSettings {
     ///
     /// Like every `awc::Client` it is not `Send`: build it on the actix
     /// thread that uses it.
+    ///
+    /// Its sockets have `TCP_NODELAY` set: the link carries small frames
+    /// (a command's reply, an event) that should leave at once, not wait
+    /// for the peer to acknowledge the previous one (Nagle's algorithm).
     pub fn awc_client(&self, timeout: Duration) -> awc::Client {
-        let connector = awc::Connector::new().rustls_0_23(self.rustls_config());
+        let connector = awc::Connector::new()
+            .connector(nodelay_tcp_connector())
+            .rustls_0_23(self.rustls_config());
         awc::Client::builder().connector(connector).timeout(timeout).finish()
     }
+}
+
+/// awc's default TCP connector, with `TCP_NODELAY` set on each new socket.
+fn nodelay_tcp_connector() -> impl actix_service::Service<
+    actix_tls::connect::ConnectInfo<awc::http::Uri>,
+    Response = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>,
+    Error = actix_tls::connect::ConnectError,
+> + Clone {
+    use actix_service::ServiceExt;
+    let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::default()).service();
+    tcp.map(
+        |connection: actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>| {
+            if let Err(e) = connection.io_ref().set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+            connection
+        },
+    )
 }
 
 impl fmt::Debug for TlsSettings {
@@ -208,6 +232,19 @@ fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, TlsError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn the_clients_tcp_sockets_have_nodelay_set() {
+        use actix_service::Service;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: awc::http::Uri = format!("http://{}/", listener.local_addr().unwrap()).parse().unwrap();
+        let connector = nodelay_tcp_connector();
+        let connection = connector
+            .call(actix_tls::connect::ConnectInfo::new(uri))
+            .await
+            .expect("connects to the loopback listener");
+        assert!(connection.io_ref().nodelay().unwrap());
+    }
 
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("connector-tls-unit-{}", std::process::id()));
