@@ -1,8 +1,9 @@
 //! Scenario `commands`: the platform sends commands to `echo` devices and
 //! waits for each response. Pipelined (a window of commands in flight) for
 //! the maximum rate, one at a time, and paced at 25 %, 50 % and 90 % of the
-//! pipelined maximum for round-trip latency. The platform's side (commands
-//! out, waiters) runs on a driver thread of its own.
+//! pipelined maximum for round-trip latency, timed by the simulator on the
+//! wire. The platform's side (commands out, waiters) runs on a driver thread
+//! of its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,11 +40,13 @@ pub struct Counted {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Paced {
-    /// Share of the pipelined maximum asked for.
+    /// Share of the pipelined (counted) maximum asked for.
     pub load: f64,
     pub target_per_s: f64,
     pub responses_per_s: f64,
+    /// Timed by the simulator on the wire (see `SimHandle::time_round_trips`).
     pub latency: Latency,
+    /// Commands without a response within the time-out after the run.
     pub errors: u64,
 }
 
@@ -131,12 +134,12 @@ fn drive(sim: &SimHandle, plan: Plan) -> CommandsResult {
         closed(sim, &commands, plan.window, plan.warmup).await;
         let pipelined_waited = closed(sim, &commands, plan.window, plan.measure).await;
         let one_at_a_time = closed(sim, &commands, 1, plan.measure).await;
-        // Paced against the waited maximum: the rate at which every command
-        // can have its own waiter on this machine.
+        // Paced against the pipelined maximum, with the same per-command
+        // work on the platform's side (no waiter).
         let mut paced_runs = Vec::new();
         for load in [0.25, 0.5, 0.9] {
-            let rate = pipelined_waited.responses_per_s * load;
-            paced_runs.push(paced(sim, &commands, load, rate, plan.measure).await);
+            let rate = pipelined.responses_per_s * load;
+            paced_runs.push(paced(sim, &commands, load, rate, plan.measure));
         }
         CommandsResult {
             devices: plan.devices,
@@ -232,35 +235,45 @@ async fn closed(sim: &SimHandle, commands: &Arc<Vec<Command>>, window: usize, le
     }
 }
 
-/// Commands started at a steady `rate` (open loop), whatever the answers do.
-async fn paced(sim: &SimHandle, commands: &Arc<Vec<Command>>, load: f64, rate: f64, length: Duration) -> Paced {
-    let samples: Samples = Arc::default();
+/// Commands fired at a steady `rate` (open loop) with `send_command`, no
+/// waiter and no task per command, so the driver stays cheap and on time;
+/// the simulator times each round trip on its side of the wire (from the
+/// session handing the frame to its socket to reading the response).
+fn paced(sim: &SimHandle, commands: &[Command], load: f64, rate: f64, length: Duration) -> Paced {
+    harness::wait_blocking(sim, Duration::from_millis(1), |c| c.responses >= c.commands_sent);
+    let _ = sim.time_round_trips(true).now_or_never();
+    let base = counters(sim).responses;
     let start = Instant::now();
-    let mut started = 0u64;
-    let mut tasks = Vec::new();
+    let mut sent = 0u64;
     while start.elapsed() < length {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        while started < due {
-            let command = commands[started as usize % commands.len()].clone();
-            tasks.push(tokio::spawn(round_trip(sim.clone(), command, samples.clone())));
-            started += 1;
+        while sent < due {
+            let _ = sim
+                .send_command(&commands[sent as usize % commands.len()])
+                .now_or_never();
+            sent += 1;
         }
-        // tokio's timers tick in whole milliseconds, which would send the
-        // commands in bursts; a short thread sleep paces them finely, and
-        // the yield lets finished round trips be recorded meanwhile.
+        // Finer than tokio's millisecond timers, so commands leave in small
+        // steps rather than bursts.
         std::thread::sleep(Duration::from_micros(20));
-        tokio::task::yield_now().await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    for t in tasks {
-        let _ = t.await;
+    let deadline = Instant::now() + TIMEOUT;
+    while counters(sim).responses - base < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let (all, errors, latency) = summarize(&samples);
+    let mut all = sim.take_round_trips().now_or_never().unwrap_or_default();
+    let _ = sim.time_round_trips(false).now_or_never();
+    all.sort_unstable();
     Paced {
         load,
         target_per_s: rate,
         responses_per_s: all.len() as f64 / elapsed,
-        latency,
-        errors,
+        latency: Latency {
+            p50_us: percentile_us(&all, 0.50),
+            p99_us: percentile_us(&all, 0.99),
+            p999_us: percentile_us(&all, 0.999),
+        },
+        errors: sent.saturating_sub(all.len() as u64),
     }
 }
