@@ -347,15 +347,19 @@ impl Connector {
             // close handshake) so frames never overtake each other across the
             // two sessions; the new one drains the same buffer.
             info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
-            self.registry.send(Relink(registry_settings)).await?;
             let _ = connection
                 .send(Shutdown {
                     flush_timeout: Duration::ZERO,
                     handover: true,
                 })
                 .await;
+            // Only now: the old link can no longer report a session, so no
+            // registration of the new settings goes to the old platform.
+            self.registry.send(Relink(registry_settings)).await?;
             *connection =
                 ConnectionActor::new(link, self.outbox.clone(), self.events.clone(), self.registry.clone()).start();
+            // Applied, whatever happens to the devices below.
+            old.platform = new.platform.clone();
         }
         for device in diff.removed.iter().chain(&diff.changed) {
             if let Err(e) = self.registry.send(RemoveDevice { id: device.id.clone() }).await? {
