@@ -38,6 +38,7 @@ use connector_core::backoff::Backoff;
 use connector_core::codec::{self, FrameError, FrameKind};
 use connector_core::http::HttpClient;
 use connector_core::lookup::{self, SocketUrl};
+use connector_core::tls::TlsSettings;
 use connector_core::Credentials;
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
@@ -66,8 +67,10 @@ pub struct LinkSettings {
     pub lookup_url: String,
     /// Forces `wss://` (and `https://` for registration) whatever the lookup says.
     pub https: bool,
-    /// The client (with the config's TLS trust) for lookup and the WebSocket.
-    pub http: HttpClient,
+    /// What TLS trusts (the config's `ca_file`). The actor builds its HTTP
+    /// client for lookup and the WebSocket from it on its own thread, since
+    /// awc clients are not `Send`; so the settings are.
+    pub tls: TlsSettings,
     pub credentials: Credentials,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
@@ -148,6 +151,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Owns the platform link; see the module docs.
 pub struct ConnectionActor {
     settings: LinkSettings,
+    /// Built from `settings.tls` for lookup and the WebSocket.
+    http: HttpClient,
     outbox: OutboxHandle,
     events: Events,
     registry: Addr<RegistryActor>,
@@ -164,6 +169,7 @@ impl ConnectionActor {
     pub fn new(settings: LinkSettings, outbox: OutboxHandle, events: Events, registry: Addr<RegistryActor>) -> Self {
         let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         ConnectionActor {
+            http: HttpClient::from_awc(settings.tls.awc_client(HANDSHAKE_TIMEOUT)),
             settings,
             outbox,
             events,
@@ -186,11 +192,11 @@ impl ConnectionActor {
         }
         self.state = State::Connecting;
         let settings = self.settings.clone();
+        let http = self.http.clone();
         debug!(lookup_url = %connector_core::http::redact_userinfo(&settings.lookup_url), "looking up the platform socket");
         let attempt = async move {
-            let url = lookup_socket(&settings).await?;
-            let (_response, framed) = settings
-                .http
+            let url = lookup_socket(&http, &settings).await?;
+            let (_response, framed) = http
                 .awc()
                 .ws(url.ws_url())
                 .max_frame_size(settings.max_frame_bytes)
@@ -535,7 +541,18 @@ impl ConnectionActor {
                 // the platform discard frames it has not read yet.
                 let _ = session.writer.send(WriterCmd::Close(CloseCode::Normal.into()));
                 self.state = State::Closing(session);
-                ctx.run_later(CLOSE_TIMEOUT, |act, ctx| act.finish_shutdown(ctx));
+                ctx.run_later(CLOSE_TIMEOUT, |act, ctx| {
+                    if let State::Closing(session) = &act.state {
+                        let unflushed = session.in_flight.borrow().len();
+                        warn!(
+                            timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                            unflushed,
+                            "the platform did not answer the close in time; closing anyway. \
+                             Frames of the last write may be lost, or sent again by the next link"
+                        );
+                    }
+                    act.finish_shutdown(ctx)
+                });
             }
             _ => self.finish_shutdown(ctx),
         }
@@ -602,10 +619,9 @@ fn assemble(
 }
 
 /// Asks the lookup URL where the socket is (PROTOCOL.md section 2).
-async fn lookup_socket(settings: &LinkSettings) -> Result<SocketUrl, String> {
+async fn lookup_socket(http: &HttpClient, settings: &LinkSettings) -> Result<SocketUrl, String> {
     let shown = connector_core::http::redact_userinfo(&settings.lookup_url);
-    let response = settings
-        .http
+    let response = http
         .get(&settings.lookup_url)
         .send()
         .await

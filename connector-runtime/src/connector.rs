@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use connector_core::config::{Config, DeviceConfig};
-use connector_core::http::HttpClient;
 use connector_core::plugin::{DeviceSpec, PluginError, PluginRegistry};
 use connector_core::tls::TlsSettings;
 use connector_core::{Device, Message as PlatformMessage};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
-use crate::connection::{ConnectionActor, LinkSettings, Shutdown, HANDSHAKE_TIMEOUT};
+use crate::connection::{ConnectionActor, LinkSettings, Shutdown};
 use crate::device::{enqueue, DeviceActor};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Outbox, OutboxHandle};
@@ -170,11 +169,9 @@ impl ConnectorBuilder {
 fn link_settings(config: &Config) -> Result<(LinkSettings, RegistrySettings), connector_core::tls::TlsError> {
     let platform = &config.platform;
     let tls = TlsSettings::load(platform.ca_file.as_deref())?;
-    // One client for the lookup and the socket.
-    let http = HttpClient::from_awc(tls.awc_client(HANDSHAKE_TIMEOUT));
     let registry = RegistrySettings {
         registration_path: config.registration_path().to_owned(),
-        tls,
+        tls: tls.clone(),
         credentials: config.credentials(),
         backoff_initial: platform.backoff.initial(),
         backoff_max: platform.backoff.max(),
@@ -182,7 +179,7 @@ fn link_settings(config: &Config) -> Result<(LinkSettings, RegistrySettings), co
     let link = LinkSettings {
         lookup_url: config.lookup_url(),
         https: platform.https,
-        http,
+        tls,
         credentials: config.credentials(),
         ping_interval: platform.ping_interval(),
         pong_timeout: platform.pong_timeout(),
@@ -458,5 +455,24 @@ impl StatusSource {
     /// As [`Connector::devices`].
     pub async fn devices(&self) -> Vec<DeviceStatus> {
         self.registry.send(ListDevices).await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Type-checked, never run: the API's futures are `Send`, so a program
+    /// may await them in `tokio::spawn`ed tasks ("from any task").
+    #[allow(dead_code)]
+    fn api_futures_are_send(connector: Connector, config: Config, device: Device) {
+        fn send<T: Send>(_: T) {}
+        send(connector.reload(config));
+        send(connector.register(device.clone()));
+        send(connector.unregister(&device));
+        send(connector.receive());
+        send(connector.devices());
+        send(connector.status().devices());
+        send(connector.shutdown(DEFAULT_FLUSH_TIMEOUT));
     }
 }

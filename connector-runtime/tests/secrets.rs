@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use certs::{temp_dir, TestPki};
 use connector_core::config::Config;
-use connector_core::http::{self, HttpClient};
+use connector_core::http;
 use connector_core::tls::TlsSettings;
 use connector_core::{Device, Message};
 use connector_runtime::connection::LinkSettings;
@@ -166,11 +166,10 @@ async fn the_password_appears_in_no_log_line_error_or_debug_output_at_trace_leve
     // The settings the actors run with.
     let tls = TlsSettings::load(Some(&ca_file)).unwrap();
     shown.debug(&tls);
-    let client = HttpClient::from_awc(tls.awc_client(Duration::from_secs(1)));
     shown.debug(&LinkSettings {
         lookup_url: config.lookup_url(),
         https: true,
-        http: client,
+        tls: tls.clone(),
         credentials: config.credentials(),
         ping_interval: config.platform.ping_interval(),
         pong_timeout: config.platform.pong_timeout(),
