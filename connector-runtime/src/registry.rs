@@ -145,7 +145,8 @@ pub struct RegistryActor {
     /// Bumped on every link change so a late HTTP answer of an old session
     /// is not applied to the new one.
     link_generation: u64,
-    busy: bool,
+    /// The (un)registration request under way, if any.
+    request: Option<SpawnHandle>,
     /// The timer of a retry after a failure; a new session cancels it, since
     /// the failure may have been the old session's.
     retry: Option<SpawnHandle>,
@@ -172,7 +173,7 @@ impl RegistryActor {
             program_commands,
             http_base: None,
             link_generation: 0,
-            busy: false,
+            request: None,
             retry: None,
             backoff,
             mailbox_capacity: MAILBOX_CAPACITY,
@@ -189,7 +190,7 @@ impl RegistryActor {
     /// Starts the next (un)registration if the link is up and none is running:
     /// queued unregistrations first, then one batch of all unregistered devices.
     fn sync(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.retry.is_some() {
+        if self.request.is_some() || self.retry.is_some() {
             return;
         }
         let Some(base) = self.http_base.clone() else { return };
@@ -208,7 +209,6 @@ impl RegistryActor {
             }
             Job::Register(batch)
         };
-        self.busy = true;
         let generation = self.link_generation;
         let (path, credentials) = (&self.settings.registration_path, &self.settings.credentials);
         let request = match &job {
@@ -239,8 +239,8 @@ impl RegistryActor {
                 Err(e) => Err((false, e.to_string())),
             }
         };
-        ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
-            act.busy = false;
+        self.request = Some(ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
+            act.request = None;
             if act.link_generation != generation {
                 // The session changed meanwhile; the new one starts over.
                 return act.sync(ctx);
@@ -250,7 +250,21 @@ impl RegistryActor {
                 Err((refused, reason)) => act.job_failed(job, refused, reason, ctx),
             }
             act.sync(ctx);
-        }));
+        })));
+    }
+
+    /// Forgets the request and the retry of the previous session (or of the
+    /// previous platform settings): a request to a platform that went away
+    /// may hang until its time-out, and must not hold up the new session.
+    /// What it was doing is done again: its devices are still unregistered,
+    /// its removal still queued.
+    fn abandon_requests(&mut self, ctx: &mut Context<Self>) {
+        if let Some(request) = self.request.take() {
+            ctx.cancel_future(request);
+        }
+        if let Some(retry) = self.retry.take() {
+            ctx.cancel_future(retry);
+        }
     }
 
     fn job_done(&mut self, job: Job) {
@@ -336,9 +350,7 @@ impl Handler<LinkUp> for RegistryActor {
     fn handle(&mut self, msg: LinkUp, ctx: &mut Self::Context) {
         self.link_generation += 1;
         self.http_base = Some(msg.http_base);
-        if let Some(retry) = self.retry.take() {
-            ctx.cancel_future(retry);
-        }
+        self.abandon_requests(ctx);
         for entry in self.devices.values_mut() {
             entry.registered = false;
         }
@@ -350,10 +362,8 @@ impl Handler<Relink> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, Relink(settings): Relink, ctx: &mut Self::Context) {
-        // A retry or an answer still under way belongs to the old platform.
-        if let Some(retry) = self.retry.take() {
-            ctx.cancel_future(retry);
-        }
+        // A retry or a request still under way belongs to the old platform.
+        self.abandon_requests(ctx);
         self.backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         self.http = registration_client(&settings.tls);
         self.settings = settings;
