@@ -228,7 +228,8 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
         actix_rt::spawn(demo::drive(sim.clone(), config.devices.clone(), interval))
     });
 
-    let embedded = simulator.as_ref().map(|sim| sim.lookup_url());
+    // The embedded platform keeps the address and credentials it started with.
+    let embedded = simulator.as_ref().map(|_| config.platform.clone());
     signals
         .wait_for_shutdown(|| async {
             // The same checks as at start and `--check`; the embedded platform
@@ -237,9 +238,19 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
                 Ok(new) => new,
                 Err(message) => return error!("reload refused, the running config stays: {message}"),
             };
-            if let Some(url) = &embedded {
-                new.platform.lookup_url = url.clone();
-                new.platform.https = false;
+            if let Some(started) = &embedded {
+                let platform = &mut new.platform;
+                if platform.user != started.user
+                    || platform.password != started.password
+                    || platform.registration_path != started.registration_path
+                {
+                    warn!("the embedded platform keeps the user, password and registration path it started with");
+                }
+                platform.lookup_url = started.lookup_url.clone();
+                platform.https = false;
+                platform.user = started.user.clone();
+                platform.password = started.password.clone();
+                platform.registration_path = started.registration_path.clone();
             }
             if let Err(e) = connector.reload(new).await {
                 error!("reload refused, the running config stays: {e}");

@@ -185,6 +185,14 @@ fn sighup_reloads_the_config_file_and_a_broken_one_is_refused_while_the_connecto
     std::fs::write(&config, format!("{one}  - {{ id: plug-2, plugin: echo }}\n")).unwrap();
     demo.hangup();
     let reloaded = demo.wait_for(|line| line.contains("reload: 1 added, 0 removed, 0 changed"));
+    // The embedded platform keeps its credentials: the session goes on.
+    std::fs::write(
+        &config,
+        format!("platform:\n  user: someone-else\n{one}  - {{ id: plug-2, plugin: echo }}\n"),
+    )
+    .unwrap();
+    demo.hangup();
+    let pinned = demo.wait_for(|line| line.contains("keeps the user, password and registration path"));
     std::fs::write(&config, "devices:\n  - { id: lamp-1, plugin: nope }\n").unwrap();
     demo.hangup();
     let refused = demo.wait_for(|line| line.contains("reload refused"));
@@ -192,7 +200,8 @@ fn sighup_reloads_the_config_file_and_a_broken_one_is_refused_while_the_connecto
     let answering = demo.wait_for(|line| line.contains("got the answer"));
     let (exit, log) = demo.stop();
     let log = log.join("\n");
-    assert!(registered && reloaded && refused && answering, "{log}");
+    assert!(registered && reloaded && pinned && refused && answering, "{log}");
+    assert!(!log.contains("reconnecting with the new platform settings"), "{log}");
     assert!(exit.success(), "exit {exit:?}\n{log}");
     let refusal = log.lines().find(|line| line.contains("reload refused")).unwrap();
     assert!(
