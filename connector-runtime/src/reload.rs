@@ -8,7 +8,8 @@
 //! unregistered, then started and registered again under the same id). Its
 //! line in the file does not count. The platform session stays up, unless
 //! the `platform:` settings changed: then the connector reconnects with the
-//! new ones and registers every device again.
+//! new ones and registers every device again. Whatever is still queued then
+//! (buffered frames, pending unregistrations) goes to the new platform.
 //!
 //! Left out: `platform.buffer` (it holds what is not yet sent; a new bound or
 //! file would drop or strand frames) and the `plugins:` section (libraries
