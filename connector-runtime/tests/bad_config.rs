@@ -2,8 +2,9 @@
 //! (issue 7, point 5): each gives exit code 2 and one message naming the
 //! file, the line and the key (or, for a plugin library, the library's path).
 
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A directory of its own per test process, with the files the rows refer to.
 fn workspace() -> PathBuf {
@@ -17,19 +18,12 @@ fn workspace() -> PathBuf {
 fn check(dir: &Path, name: &str, yaml: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
     std::fs::write(&path, yaml).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_connector-runtime"));
-    for var in [
-        "CONNECTOR_LOOKUP_URL",
-        "CONNECTOR_HTTPS",
-        "CONNECTOR_USER",
-        "CONNECTOR_PASSWORD",
-        "CONNECTOR_DEVICE_REGISTRATION_PATH",
-        "LOGLEVEL",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    let output = command.arg("--config").arg(&path).arg("--check").output().unwrap();
+    let output = util::runtime_binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -1,25 +1,15 @@
 //! The `connector-runtime` binary as a user runs it: `--check`, and the
 //! README's first command (`--embedded-platform`) stopped by SIGTERM.
 
+mod util;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_connector-runtime"));
-    for var in [
-        "CONNECTOR_LOOKUP_URL",
-        "CONNECTOR_HTTPS",
-        "CONNECTOR_PASSWORD",
-        "LOGLEVEL",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
+use util::runtime_binary;
 
 fn demo_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml")
@@ -35,7 +25,7 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn check_accepts_the_demo_config() {
-    let output = binary()
+    let output = runtime_binary()
         .arg("--config")
         .arg(demo_config())
         .arg("--check")
@@ -66,7 +56,7 @@ fn check_refuses_a_broken_config_naming_file_line_and_key() {
         ),
     ];
     for (name, text, expected) in table {
-        let output = binary()
+        let output = runtime_binary()
             .arg("--config")
             .arg(write_config(name, text))
             .arg("--check")
@@ -80,7 +70,7 @@ fn check_refuses_a_broken_config_naming_file_line_and_key() {
 
 #[test]
 fn a_missing_config_file_is_named_in_the_error() {
-    let output = binary()
+    let output = runtime_binary()
         .args(["--config", "/nonexistent/connector.yaml", "--check"])
         .output()
         .unwrap();
@@ -104,7 +94,7 @@ impl Demo {
 
     /// Like [`Demo::start`], with another config file.
     fn start_with(config: &std::path::Path, extra: &[&str]) -> Demo {
-        let mut child = binary()
+        let mut child = runtime_binary()
             .arg("--config")
             .arg(config)
             .args(["--embedded-platform", "--demo-interval", "0.1"])
@@ -235,7 +225,7 @@ fn json_log_format_writes_one_json_object_per_line_with_the_events_fields() {
 
 #[test]
 fn version_names_the_crate_version_and_the_plugin_abi() {
-    let output = binary().arg("--version").output().unwrap();
+    let output = runtime_binary().arg("--version").output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let expected = format!(
@@ -258,7 +248,7 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 #[test]
-fn metrics_listen_serves_metrics_and_health_from_the_binary() {
+fn metrics_listen_serves_metrics_and_health_from_the_runtime_binary() {
     let mut demo = Demo::start(&["--metrics-listen", "127.0.0.1:0"]);
     let serving = demo.wait_for(|line| line.contains("serving /metrics"));
     // Registration may be logged before or after the server starts.

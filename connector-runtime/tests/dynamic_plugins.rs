@@ -376,10 +376,9 @@ fn a_library_is_opened_once_and_its_names_must_not_clash() {
 fn check(yaml: &str) -> std::process::Output {
     let file = scratch("connector.yaml");
     std::fs::write(&file, yaml).unwrap();
-    Process::new(env!("CARGO_BIN_EXE_connector-runtime"))
+    util::runtime_binary()
         .args(["--check", "--config"])
         .arg(&file)
-        .env_remove("CONNECTOR_LOOKUP_URL")
         .output()
         .expect("the runtime runs")
 }

@@ -6,7 +6,7 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use connector_runtime::outbox::journal;
 use platform_sim::{SimConfig, SimHandle};
@@ -46,17 +46,7 @@ devices:
 /// Starts the binary; its log goes to `run-N.log` beside the config.
 fn start(config: &Path, run: u32) -> Child {
     let log = std::fs::File::create(config.with_file_name(format!("run-{run}.log"))).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_connector-runtime"));
-    for var in [
-        "CONNECTOR_LOOKUP_URL",
-        "CONNECTOR_HTTPS",
-        "CONNECTOR_PASSWORD",
-        "LOGLEVEL",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command
+    runtime_binary()
         .arg("--config")
         .arg(config)
         .args(["--log-level", "debug"])

@@ -288,13 +288,10 @@ async fn the_password_appears_in_no_log_line_error_or_debug_output_at_trace_leve
 #[test]
 fn the_binary_at_trace_level_never_prints_the_password() {
     let config = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
-    let mut child = Process::new(env!("CARGO_BIN_EXE_connector-runtime"))
+    let mut child = util::runtime_binary()
         .arg("--config")
         .arg(config)
         .args(["--embedded-platform", "--demo-interval", "0.1"])
-        .env_remove("RUST_LOG")
-        .env_remove("CONNECTOR_LOOKUP_URL")
-        .env_remove("CONNECTOR_HTTPS")
         .env("LOGLEVEL", "trace")
         .env("CONNECTOR_PASSWORD", PASSWORD)
         .stdout(Stdio::piped())

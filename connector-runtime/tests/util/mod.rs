@@ -49,6 +49,24 @@ pub fn config_with(sim: &SimHandle, platform_yaml: &str, devices_yaml: &str) -> 
     Config::from_yaml_str(&yaml, "test.yaml").expect("the test config is valid")
 }
 
+/// The `connector-runtime` binary, without the environment that would
+/// override a test's config or log level (`CONNECTOR_*`, `LOGLEVEL`, `RUST_LOG`).
+pub fn runtime_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_connector-runtime"));
+    for var in [
+        "CONNECTOR_LOOKUP_URL",
+        "CONNECTOR_HTTPS",
+        "CONNECTOR_USER",
+        "CONNECTOR_PASSWORD",
+        "CONNECTOR_DEVICE_REGISTRATION_PATH",
+        "LOGLEVEL",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
 pub const ECHO_DEVICES: &str = "  - { id: lamp-1, type: lamp, name: Lamp, plugin: echo }\n  - { id: plug-2, type: plug, name: Plug, plugin: echo }\n";
 
 /// Polls `check` until it returns `Some`, or panics naming `what` at the deadline.
