@@ -142,10 +142,8 @@ pub struct RegistryActor {
     /// Commands for devices the program handles itself, read by `receive()`.
     program_commands: mpsc::Sender<PlatformMessage>,
     http_base: Option<String>,
-    /// Bumped on every link change so a late HTTP answer of an old session
-    /// is not applied to the new one.
-    link_generation: u64,
-    /// The (un)registration request under way, if any.
+    /// The (un)registration request under way, if any; a link change
+    /// cancels it, so an answer is always about the current session.
     request: Option<SpawnHandle>,
     /// The timer of a retry after a failure; a new session cancels it, since
     /// the failure may have been the old session's.
@@ -172,7 +170,6 @@ impl RegistryActor {
             unregister_queue: VecDeque::new(),
             program_commands,
             http_base: None,
-            link_generation: 0,
             request: None,
             retry: None,
             backoff,
@@ -209,7 +206,6 @@ impl RegistryActor {
             }
             Job::Register(batch)
         };
-        let generation = self.link_generation;
         let (path, credentials) = (&self.settings.registration_path, &self.settings.credentials);
         let request = match &job {
             Job::Register(batch) => self.http.post(
@@ -241,10 +237,6 @@ impl RegistryActor {
         };
         self.request = Some(ctx.spawn(answer.into_actor(self).map(move |result, act, ctx| {
             act.request = None;
-            if act.link_generation != generation {
-                // The session changed meanwhile; the new one starts over.
-                return act.sync(ctx);
-            }
             match result {
                 Ok(()) => act.job_done(job),
                 Err((refused, reason)) => act.job_failed(job, refused, reason, ctx),
@@ -253,18 +245,26 @@ impl RegistryActor {
         })));
     }
 
-    /// Forgets the request and the retry of the previous session (or of the
-    /// previous platform settings): a request to a platform that went away
-    /// may hang until its time-out, and must not hold up the new session.
-    /// What it was doing is done again: its devices are still unregistered,
-    /// its removal still queued.
-    fn abandon_requests(&mut self, ctx: &mut Context<Self>) {
+    /// A session came up (`Some(http_base)`) or went away (`None`). The
+    /// request and retry of the previous session are abandoned: their answer
+    /// would be about a session that is gone, and a request to a platform
+    /// that went away may hang until its time-out and hold up the new one.
+    /// What they were doing is done again: without a session nothing is known
+    /// to be registered (the platform may forget devices meanwhile, and
+    /// `devices()` must not keep reporting them), and a removal stays queued
+    /// until it succeeds.
+    fn link_changed(&mut self, http_base: Option<String>, ctx: &mut Context<Self>) {
         if let Some(request) = self.request.take() {
             ctx.cancel_future(request);
         }
         if let Some(retry) = self.retry.take() {
             ctx.cancel_future(retry);
         }
+        self.http_base = http_base;
+        for entry in self.devices.values_mut() {
+            entry.registered = false;
+        }
+        self.sync(ctx);
     }
 
     fn job_done(&mut self, job: Job) {
@@ -348,13 +348,7 @@ impl Handler<LinkUp> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkUp, ctx: &mut Self::Context) {
-        self.link_generation += 1;
-        self.http_base = Some(msg.http_base);
-        self.abandon_requests(ctx);
-        for entry in self.devices.values_mut() {
-            entry.registered = false;
-        }
-        self.sync(ctx);
+        self.link_changed(Some(msg.http_base), ctx);
     }
 }
 
@@ -362,27 +356,19 @@ impl Handler<Relink> for RegistryActor {
     type Result = ();
 
     fn handle(&mut self, Relink(settings): Relink, ctx: &mut Self::Context) {
-        // A retry or a request still under way belongs to the old platform.
-        self.abandon_requests(ctx);
         self.backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         self.http = registration_client(&settings.tls);
         self.settings = settings;
-        self.handle(LinkDown, ctx);
+        // What is under way belongs to the old platform.
+        self.link_changed(None, ctx);
     }
 }
 
 impl Handler<LinkDown> for RegistryActor {
     type Result = ();
 
-    fn handle(&mut self, _: LinkDown, _ctx: &mut Self::Context) {
-        self.link_generation += 1;
-        self.http_base = None;
-        // Without a session nothing is known to be registered (the platform
-        // may forget devices meanwhile, and every device is registered again
-        // on the next LinkUp), so `devices()` must not keep reporting it.
-        for entry in self.devices.values_mut() {
-            entry.registered = false;
-        }
+    fn handle(&mut self, _: LinkDown, ctx: &mut Self::Context) {
+        self.link_changed(None, ctx);
     }
 }
 
