@@ -138,8 +138,8 @@ impl Message for Incoming {
 pub struct Shutdown {
     pub flush_timeout: Duration,
     /// The buffer passes to a new link (a reload changed the platform
-    /// settings): close at once, and what is unsent is not missing, only
-    /// waiting for the successor.
+    /// settings, and flushes nothing first): what is unsent is not missing,
+    /// only waiting for the successor, so it is not reported as lost.
     pub handover: bool,
 }
 
@@ -483,12 +483,7 @@ impl Handler<Shutdown> for ConnectionActor {
         self.shutdown_done.push(tx);
         if first {
             self.handover = msg.handover;
-            let flush_timeout = if msg.handover {
-                Duration::ZERO
-            } else {
-                msg.flush_timeout
-            };
-            let deadline = Instant::now() + flush_timeout;
+            let deadline = Instant::now() + msg.flush_timeout;
             self.flush_then_close(deadline, ctx);
         }
         Box::pin(async move {
