@@ -342,6 +342,17 @@ impl PluginRegistry {
         self.factories.keys().map(String::as_str)
     }
 
+    /// Whether the plugin takes `spec`'s settings, without starting anything:
+    /// an instance is created and dropped unstarted (plugins do nothing until
+    /// `start`). A factory that panics refuses too, instead of crashing the
+    /// check.
+    pub fn check_settings(&self, spec: &DeviceSpec) -> Result<(), PluginError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.create(spec).map(drop))) {
+            Ok(result) => result,
+            Err(_) => Err(PluginError::new("the plugin panicked while checking the settings")),
+        }
+    }
+
     /// Creates the plugin a device asks for; an unknown name lists the known ones.
     pub fn create(&self, spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
         match self.factories.get(&spec.plugin) {
@@ -425,6 +436,28 @@ mod tests {
         assert_eq!(plugin.command(&command).unwrap().body, "hi");
         let err = registry.create(&spec.with_plugin("lamp")).err().unwrap().to_string();
         assert_eq!(err, "device \"d\": no plugin named \"lamp\" (known: echo)");
+    }
+
+    #[test]
+    fn check_settings_reports_a_refusal_and_a_panic_without_crashing() {
+        let mut registry = PluginRegistry::new();
+        registry.register("echo", |_: &DeviceSpec| Ok(Box::new(Echo) as Box<dyn DevicePlugin>));
+        registry.register(
+            "picky",
+            |_: &DeviceSpec| -> Result<Box<dyn DevicePlugin>, PluginError> {
+                Err(PluginError::new("`rate` must be above 0"))
+            },
+        );
+        registry.register(
+            "broken",
+            |_: &DeviceSpec| -> Result<Box<dyn DevicePlugin>, PluginError> { panic!("the factory fell over") },
+        );
+        let spec = DeviceSpec::new("d", "t", "n");
+        assert!(registry.check_settings(&spec.clone().with_plugin("echo")).is_ok());
+        let refused = registry.check_settings(&spec.clone().with_plugin("picky")).unwrap_err();
+        assert_eq!(refused.to_string(), "`rate` must be above 0");
+        let panicked = registry.check_settings(&spec.with_plugin("broken")).unwrap_err();
+        assert_eq!(panicked.to_string(), "the plugin panicked while checking the settings");
     }
 
     #[test]

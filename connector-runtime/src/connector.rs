@@ -119,18 +119,8 @@ impl ConnectorBuilder {
         // Libraries join the compiled-in plugins; each file is opened once per process.
         crate::loader::register_libraries(&mut plugins, &config.plugins)?;
         let specs: Vec<DeviceSpec> = config.devices.iter().map(DeviceSpec::from_config).collect();
-        for spec in &specs {
-            if !plugins.contains(&spec.plugin) {
-                let known: Vec<&str> = plugins.names().collect();
-                let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-                return Err(PluginError::new(format!(
-                    "device {:?}{origin}: no plugin named {:?} (known: {})",
-                    spec.id(),
-                    spec.plugin,
-                    known.join(", ")
-                ))
-                .into());
-            }
+        if let Some(unknown) = specs.iter().find_map(|spec| unknown_plugin(&plugins, spec)) {
+            return Err(PluginError::new(unknown).into());
         }
         // Before any actor starts, so a broken CA file stops the start.
         let (link, registry_settings) = link_settings(&config)?;
@@ -190,28 +180,35 @@ fn link_settings(config: &Config) -> Result<(LinkSettings, RegistrySettings), co
     Ok((link, registry))
 }
 
+/// `" (declared at line N)"` for a device read from a file, for messages.
+fn origin(spec: &DeviceSpec) -> String {
+    spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default()
+}
+
+/// Why the device cannot start if `plugins` lacks its plugin (listing the
+/// known ones); `None` when it is there.
+fn unknown_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Option<String> {
+    if plugins.contains(&spec.plugin) {
+        return None;
+    }
+    let known: Vec<&str> = plugins.names().collect();
+    Some(format!(
+        "device {:?}{}: no plugin named {:?} (known: {})",
+        spec.id(),
+        origin(spec),
+        spec.plugin,
+        known.join(", ")
+    ))
+}
+
 /// Whether `plugins` has the device's plugin and it takes the settings.
-/// Plugins do nothing until `start`, so the instance is dropped unstarted; a
-/// panic is a refusal too.
 fn check_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Result<(), String> {
-    let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-    if !plugins.contains(&spec.plugin) {
-        let known: Vec<&str> = plugins.names().collect();
-        return Err(format!(
-            "device {:?}{origin}: no plugin named {:?} (known: {})",
-            spec.id(),
-            spec.plugin,
-            known.join(", ")
-        ));
+    if let Some(unknown) = unknown_plugin(plugins, spec) {
+        return Err(unknown);
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugins.create(spec).map(drop))) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("device {:?}{origin}: {e}", spec.id())),
-        Err(_) => Err(format!(
-            "device {:?}{origin}: the plugin panicked while checking the settings",
-            spec.id()
-        )),
-    }
+    plugins
+        .check_settings(spec)
+        .map_err(|e| format!("device {:?}{}: {e}", spec.id(), origin(spec)))
 }
 
 /// The outgoing buffer: in memory, or on disk too when `buffer.path` is set,

@@ -181,17 +181,9 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
             ));
             continue;
         }
-        // Creating an instance checks its settings; plugins do nothing
-        // until `start`, so it is dropped unstarted. A panic is a problem
-        // too, not a crash of the check.
-        let spec = DeviceSpec::from_config(device);
-        let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugins.create(&spec).map(drop)));
-        let failure = match created {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "the plugin panicked while checking the settings".to_owned(),
-        };
-        problems.push(format!("{}: {failure}", place(&format!("devices[{index}].settings"))));
+        if let Err(e) = plugins.check_settings(&DeviceSpec::from_config(device)) {
+            problems.push(format!("{}: {e}", place(&format!("devices[{index}].settings"))));
+        }
     }
     problems
 }
