@@ -24,6 +24,17 @@ pub struct Latency {
     pub p999_us: f64,
 }
 
+impl Latency {
+    /// The percentiles of `sorted` round trips.
+    fn of(sorted: &[Duration]) -> Latency {
+        Latency {
+            p50_us: percentile_us(sorted, 0.50),
+            p99_us: percentile_us(sorted, 0.99),
+            p999_us: percentile_us(sorted, 0.999),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Closed {
     pub window: usize,
@@ -197,11 +208,7 @@ async fn round_trip(sim: SimHandle, command: Command, samples: Samples) {
 fn summarize(samples: &Samples) -> (Vec<Duration>, u64, Latency) {
     let (mut all, errors) = std::mem::take(&mut *samples.lock().unwrap());
     all.sort_unstable();
-    let latency = Latency {
-        p50_us: percentile_us(&all, 0.50),
-        p99_us: percentile_us(&all, 0.99),
-        p999_us: percentile_us(&all, 0.999),
-    };
+    let latency = Latency::of(&all);
     (all, errors, latency)
 }
 
@@ -269,11 +276,7 @@ fn paced(sim: &SimHandle, commands: &[Command], load: f64, rate: f64, length: Du
         load,
         target_per_s: rate,
         responses_per_s: all.len() as f64 / elapsed,
-        latency: Latency {
-            p50_us: percentile_us(&all, 0.50),
-            p99_us: percentile_us(&all, 0.99),
-            p999_us: percentile_us(&all, 0.999),
-        },
+        latency: Latency::of(&all),
         errors: sent.saturating_sub(all.len() as u64),
     }
 }
