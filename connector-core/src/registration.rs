@@ -39,12 +39,14 @@ struct UnregisterBody<'a> {
     credentials: WireCredentials<'a>,
 }
 
-/// The JSON body that registers a batch of devices in one request.
-pub fn register_body(credentials: &Credentials, devices: &[Device]) -> String {
+/// The JSON body that registers a batch of devices in one request. Takes
+/// anything that lends a [`Device`] so a caller can keep its devices shared.
+pub fn register_body<D: std::borrow::Borrow<Device>>(credentials: &Credentials, devices: &[D]) -> String {
     let body = RegisterBody {
         credentials: credentials.into(),
         devices: devices
             .iter()
+            .map(|d| d.borrow())
             .map(|d| WireDevice {
                 id: &d.id,
                 zway_type: &d.device_type,

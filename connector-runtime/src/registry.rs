@@ -7,6 +7,7 @@
 //! the platform may have forgotten them while the link was down.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use connector_core::backoff::Backoff;
@@ -116,7 +117,9 @@ pub enum RegistryError {
 }
 
 struct Entry {
-    device: Device,
+    /// Shared with the requests and queues that name the device, so a batch
+    /// of 10,000 registrations copies pointers, not strings.
+    device: Arc<Device>,
     route: Route,
     registered: bool,
     /// The bound on the commands waiting for a device actor.
@@ -125,8 +128,8 @@ struct Entry {
 
 /// Which request is under way, so its answer is applied to the right state.
 enum Job {
-    Register(Vec<Device>),
-    Unregister(Device),
+    Register(Vec<Arc<Device>>),
+    Unregister(Arc<Device>),
 }
 
 /// Tracks and (un)registers devices; see the module docs.
@@ -138,7 +141,7 @@ pub struct RegistryActor {
     events: Events,
     devices: BTreeMap<String, Entry>,
     /// Removed devices still to be unregistered, in the order they were removed.
-    unregister_queue: VecDeque<Device>,
+    unregister_queue: VecDeque<Arc<Device>>,
     /// Commands for devices the program handles itself, read by `receive()`.
     program_commands: mpsc::Sender<PlatformMessage>,
     http_base: Option<String>,
@@ -194,7 +197,7 @@ impl RegistryActor {
         let job = if let Some(device) = self.unregister_queue.front() {
             Job::Unregister(device.clone())
         } else {
-            let batch: Vec<Device> = self
+            let batch: Vec<Arc<Device>> = self
                 .devices
                 .values()
                 .filter(|e| !e.registered)
@@ -272,7 +275,7 @@ impl RegistryActor {
         crate::device::enqueue_frame(&self.outbox, &self.events, Frame::update());
         match job {
             Job::Register(batch) => {
-                let ids: Vec<String> = batch.into_iter().map(|d| d.id).collect();
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
                 for id in &ids {
                     if let Some(entry) = self.devices.get_mut(id) {
                         entry.registered = true;
@@ -284,8 +287,9 @@ impl RegistryActor {
             Job::Unregister(device) => {
                 self.unregister_queue.pop_front();
                 info!(device_id = %device.id, "device unregistered");
-                self.events
-                    .publish(Lifecycle::UnregistrationSucceeded { device: device.id });
+                self.events.publish(Lifecycle::UnregistrationSucceeded {
+                    device: device.id.clone(),
+                });
             }
         }
     }
@@ -296,7 +300,7 @@ impl RegistryActor {
         let retry_in_ms = delay.as_millis() as u64;
         match job {
             Job::Register(batch) => {
-                let ids: Vec<String> = batch.into_iter().map(|d| d.id).collect();
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
                 warn!(devices = ids.len(), %reason, retry_in_ms, "device registration failed");
                 self.events.publish(Lifecycle::RegistrationFailed {
                     devices: ids,
@@ -306,7 +310,7 @@ impl RegistryActor {
             Job::Unregister(device) => {
                 warn!(device_id = %device.id, %reason, retry_in_ms, "device unregistration failed");
                 self.events.publish(Lifecycle::UnregistrationFailed {
-                    device: device.id,
+                    device: device.id.clone(),
                     reason: reason.clone(),
                 });
             }
@@ -441,7 +445,7 @@ impl Handler<AddDevice> for RegistryActor {
         self.devices.insert(
             id,
             Entry {
-                device: msg.device,
+                device: Arc::new(msg.device),
                 route: msg.route,
                 registered: false,
                 mailbox: Mailbox::new(self.mailbox_capacity),
@@ -494,7 +498,7 @@ impl Handler<ListDevices> for RegistryActor {
             self.devices
                 .values()
                 .map(|e| DeviceStatus {
-                    device: e.device.clone(),
+                    device: Device::clone(&e.device),
                     registered: e.registered,
                     program: matches!(e.route, Route::Program),
                 })
