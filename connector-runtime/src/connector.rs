@@ -133,7 +133,7 @@ impl ConnectorBuilder {
         let plugins = Arc::new(plugins);
         for spec in specs {
             let device = spec.device.clone();
-            let actor = DeviceActor::new(spec, plugins.clone(), outbox.clone(), events.clone()).start();
+            let actor = DeviceActor::new(Arc::new(spec), plugins.clone(), outbox.clone(), events.clone()).start();
             registry
                 .send(AddDevice {
                     device,
@@ -362,7 +362,13 @@ impl Connector {
         }
         for device in diff.changed.iter().chain(&diff.added) {
             let spec = DeviceSpec::from_config(device);
-            let actor = DeviceActor::new(spec, self.plugins.clone(), self.outbox.clone(), self.events.clone()).start();
+            let actor = DeviceActor::new(
+                Arc::new(spec),
+                self.plugins.clone(),
+                self.outbox.clone(),
+                self.events.clone(),
+            )
+            .start();
             self.registry
                 .send(AddDevice {
                     device: device.device(),

@@ -157,7 +157,8 @@ pub fn error_reply(command: &PlatformMessage, reason: &str) -> PlatformMessage {
 
 /// Drives one device's plugin; see the module docs.
 pub struct DeviceActor {
-    spec: DeviceSpec,
+    /// Shared with the event sink, which names the device when it refuses.
+    spec: Arc<DeviceSpec>,
     plugins: Arc<PluginRegistry>,
     plugin: Option<Box<dyn DevicePlugin>>,
     outbox: OutboxHandle,
@@ -165,13 +166,22 @@ pub struct DeviceActor {
     /// Cleared when a plugin instance is dropped, so its event sink (which may
     /// live on in the plugin's threads) refuses events from then on.
     accepting: Arc<AtomicBool>,
+    /// Made on the first failure: most devices never fail, and every byte of
+    /// this struct is paid once per device (100,000 on a big gateway).
+    restarts: Option<Box<Restarts>>,
+}
+
+/// A failing device's history, for the back-off and the give-up rule.
+struct Restarts {
     backoff: Backoff,
-    restarts: Vec<Instant>,
+    /// When each restart within the last [`RESTART_WINDOW`] happened.
+    times: Vec<Instant>,
+    /// Set when the device is given up on: the last failure.
     failed: Option<String>,
 }
 
 impl DeviceActor {
-    pub fn new(spec: DeviceSpec, plugins: Arc<PluginRegistry>, outbox: OutboxHandle, events: Events) -> Self {
+    pub fn new(spec: Arc<DeviceSpec>, plugins: Arc<PluginRegistry>, outbox: OutboxHandle, events: Events) -> Self {
         DeviceActor {
             spec,
             plugins,
@@ -179,9 +189,7 @@ impl DeviceActor {
             outbox,
             events,
             accepting: Arc::new(AtomicBool::new(false)),
-            backoff: Backoff::new(RESTART_INITIAL, RESTART_MAX),
-            restarts: Vec::new(),
-            failed: None,
+            restarts: None,
         }
     }
 
@@ -191,12 +199,12 @@ impl DeviceActor {
 
     fn sink(&self, ctx: &Context<Self>) -> EventSink {
         let (outbox, events, accepting) = (self.outbox.clone(), self.events.clone(), self.accepting.clone());
-        let id = self.spec.id().to_owned();
+        let spec = self.spec.clone();
         // Weak: a sink kept by a stray plugin thread must not keep the actor alive.
         let (actor, instance) = (ctx.address().downgrade(), self.accepting.clone());
         EventSink::new(self.spec.id(), move |message| {
             if !accepting.load(Ordering::Acquire) {
-                return Err(EmitError::Stopped(id.clone()));
+                return Err(EmitError::Stopped(spec.id().to_owned()));
             }
             enqueue(&outbox, &events, &message);
             Ok(())
@@ -239,29 +247,37 @@ impl DeviceActor {
         Stats::bump(&self.events.stats.plugin_errors);
         self.retire_plugin();
         let now = Instant::now();
-        self.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        if self.restarts.len() >= MAX_RESTARTS {
-            error!(device_id = %self.id(), %reason, restarts = self.restarts.len(), "device failed too often; stopped");
-            self.failed = Some(reason.clone());
+        let id = self.spec.id();
+        let restarts = self.restarts.get_or_insert_with(|| {
+            Box::new(Restarts {
+                backoff: Backoff::new(RESTART_INITIAL, RESTART_MAX),
+                times: Vec::new(),
+                failed: None,
+            })
+        });
+        restarts.times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if restarts.times.len() >= MAX_RESTARTS {
+            error!(device_id = %id, %reason, restarts = restarts.times.len(), "device failed too often; stopped");
+            restarts.failed = Some(reason.clone());
             self.events.publish(Lifecycle::DeviceFailed {
-                device: self.id().to_owned(),
+                device: id.to_owned(),
                 reason,
             });
             return;
         }
-        if self.restarts.is_empty() {
+        if restarts.times.is_empty() {
             // No failure within the window: this one starts the delays over,
             // so a device that fails now and then never drifts to long waits.
-            self.backoff.reset();
+            restarts.backoff.reset();
         }
-        self.restarts.push(now);
-        let delay = self.backoff.next_delay();
-        error!(device_id = %self.id(), %reason, restart_in_ms = delay.as_millis() as u64, "device plugin failed; restarting");
+        restarts.times.push(now);
+        let delay = restarts.backoff.next_delay();
+        error!(device_id = %id, %reason, restart_in_ms = delay.as_millis() as u64, "device plugin failed; restarting");
         Stats::bump(&self.events.stats.device_restarts);
         self.events.publish(Lifecycle::DeviceRestarted {
-            device: self.id().to_owned(),
+            device: id.to_owned(),
             reason,
-            attempt: self.restarts.len(),
+            attempt: restarts.times.len(),
             delay,
         });
         ctx.run_later(delay, |act, ctx| act.launch(ctx));
@@ -317,7 +333,7 @@ impl Handler<DeviceCommand> for DeviceActor {
 
     fn handle(&mut self, DeviceCommand(command, _slot): DeviceCommand, ctx: &mut Self::Context) {
         let Some(plugin) = self.plugin.as_mut() else {
-            let reason = match &self.failed {
+            let reason = match self.restarts.as_ref().and_then(|r| r.failed.as_ref()) {
                 Some(why) => format!("device {} is stopped after repeated failures: {why}", self.id()),
                 None => format!("device {} is restarting", self.id()),
             };
