@@ -349,14 +349,17 @@ fn on_text(shared: &Shared, id: u64, text: &str) {
             }
         }
         FrameKind::Response(json) => {
+            let parsed = Message::from_json(json);
+            if let (Ok((message, _)), true) = (&parsed, shared.round_trips.is_on()) {
+                // Before the count: whoever waits for the count to take the
+                // samples must find this one among them.
+                shared.round_trips.answered(&message.task_id);
+            }
             shared.bump(&counters.responses);
-            match Message::from_json(json) {
+            match parsed {
                 Ok((message, raw)) => {
                     if shared.config.record_events {
                         shared.record(EventKind::Response, id, message.clone());
-                    }
-                    if shared.round_trips.is_on() {
-                        shared.round_trips.answered(&message.task_id);
                     }
                     let task_id = message.task_id.clone();
                     if task_id.is_empty() {
