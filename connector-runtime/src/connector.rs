@@ -61,9 +61,9 @@ pub enum SendError {
 /// A running connector. Must be created inside an actix system (for example
 /// under `#[actix_rt::main]`); its methods may be called from any task.
 pub struct Connector {
-    registry: Addr<RegistryActor>,
-    outbox: OutboxHandle,
-    events: Events,
+    /// The registry, the outgoing buffer and the events: what the connector
+    /// works through, and what [`Connector::status`] hands out.
+    shared: StatusSource,
     commands: tokio::sync::Mutex<mpsc::Receiver<PlatformMessage>>,
     /// The plugins devices are started with, also on a reload.
     plugins: Arc<PluginRegistry>,
@@ -144,9 +144,11 @@ impl ConnectorBuilder {
         let connection = ConnectionActor::new(link, outbox.clone(), events.clone(), registry.clone()).start();
         info!(devices = config.devices.len(), "connector started");
         Ok(Connector {
-            registry,
-            outbox,
-            events,
+            shared: StatusSource {
+                registry,
+                outbox,
+                events,
+            },
             commands: tokio::sync::Mutex::new(program_rx),
             plugins,
             running: tokio::sync::Mutex::new(Running { config, connection }),
@@ -258,7 +260,7 @@ impl Connector {
     /// Sends a message to the platform: a reply when it carries a task id, an
     /// event otherwise. It waits in the buffer while the link is down.
     pub fn send(&self, message: PlatformMessage) -> Result<(), SendError> {
-        if enqueue(&self.outbox, &self.events, &message) {
+        if enqueue(&self.shared.outbox, &self.shared.events, &message) {
             Ok(())
         } else {
             Err(SendError::BufferFull)
@@ -274,7 +276,8 @@ impl Connector {
     /// Registers a device this program handles itself: its commands come out
     /// of [`receive`](Self::receive).
     pub async fn register(&self, device: Device) -> Result<(), RegistryError> {
-        self.registry
+        self.shared
+            .registry
             .send(AddDevice {
                 device,
                 route: Route::Program,
@@ -285,7 +288,8 @@ impl Connector {
 
     /// Removes a device, whichever way it was added, and unregisters it.
     pub async fn unregister(&self, device: &Device) -> Result<(), RegistryError> {
-        self.registry
+        self.shared
+            .registry
             .send(RemoveDevice { id: device.id.clone() })
             .await
             .unwrap_or_else(|_| Err(RegistryError::Unknown(device.id.clone())))
@@ -349,14 +353,24 @@ impl Connector {
                 .await;
             // Only now: the old link can no longer report a session, so no
             // registration of the new settings goes to the old platform.
-            self.registry.send(Relink(registry_settings)).await?;
-            *connection =
-                ConnectionActor::new(link, self.outbox.clone(), self.events.clone(), self.registry.clone()).start();
+            self.shared.registry.send(Relink(registry_settings)).await?;
+            *connection = ConnectionActor::new(
+                link,
+                self.shared.outbox.clone(),
+                self.shared.events.clone(),
+                self.shared.registry.clone(),
+            )
+            .start();
             // Applied, whatever happens to the devices below.
             old.platform = new.platform.clone();
         }
         for device in diff.removed.iter().chain(&diff.changed) {
-            if let Err(e) = self.registry.send(RemoveDevice { id: device.id.clone() }).await? {
+            if let Err(e) = self
+                .shared
+                .registry
+                .send(RemoveDevice { id: device.id.clone() })
+                .await?
+            {
                 warn!(device_id = %device.id, error = %e, "reload: the device was not running");
             }
         }
@@ -365,11 +379,12 @@ impl Connector {
             let actor = DeviceActor::new(
                 Arc::new(spec),
                 self.plugins.clone(),
-                self.outbox.clone(),
-                self.events.clone(),
+                self.shared.outbox.clone(),
+                self.shared.events.clone(),
             )
             .start();
-            self.registry
+            self.shared
+                .registry
                 .send(AddDevice {
                     device: device.device(),
                     route: Route::Actor(actor),
@@ -389,40 +404,36 @@ impl Connector {
 
     /// Lifecycle events from now on (connected, disconnected, registered, ...).
     pub fn subscribe(&self) -> broadcast::Receiver<Lifecycle> {
-        self.events.subscribe()
+        self.shared.events.subscribe()
     }
 
     /// The runtime's counters.
     pub fn stats(&self) -> &Stats {
-        &self.events.stats
+        self.shared.stats()
     }
 
     /// Frames and bytes waiting in the outgoing buffer.
     /// Frames the writer has taken but not yet flushed count too: they are
     /// held within the same bound.
     pub fn buffered(&self) -> (usize, usize) {
-        self.outbox.lock().held()
+        self.shared.buffered()
     }
 
     /// Every device and whether the platform has it registered.
     pub async fn devices(&self) -> Vec<DeviceStatus> {
-        self.registry.send(ListDevices).await.unwrap_or_default()
+        self.shared.devices().await
     }
 
     /// A handle for observing this connector from other tasks and threads
     /// (the metrics server): counters, buffer depth, session and devices.
     pub fn status(&self) -> StatusSource {
-        StatusSource {
-            registry: self.registry.clone(),
-            outbox: self.outbox.clone(),
-            events: self.events.clone(),
-        }
+        self.shared.clone()
     }
 
     /// Stops the devices, sends what is buffered while the link is up (for at
     /// most `flush_timeout`), closes the session and stops the actors.
     pub async fn shutdown(self, flush_timeout: Duration) {
-        let _ = self.registry.send(StopAll).await;
+        let _ = self.shared.registry.send(StopAll).await;
         let connection = self.running.into_inner().connection;
         let _ = connection
             .send(Shutdown {
