@@ -275,12 +275,20 @@ impl RegistryActor {
         crate::device::enqueue_frame(&self.outbox, &self.events, Frame::update());
         match job {
             Job::Register(batch) => {
-                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
-                for id in &ids {
-                    if let Some(entry) = self.devices.get_mut(id) {
+                for device in &batch {
+                    // Only the entry this request was about: one removed and
+                    // added again meanwhile is a new entry, whose id the
+                    // queued unregistration is about to remove from the
+                    // platform, so it still has to be registered after that.
+                    if let Some(entry) = self
+                        .devices
+                        .get_mut(&device.id)
+                        .filter(|e| Arc::ptr_eq(&e.device, device))
+                    {
                         entry.registered = true;
                     }
                 }
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
                 info!(devices = ids.len(), "devices registered");
                 self.events.publish(Lifecycle::RegistrationSucceeded { devices: ids });
             }

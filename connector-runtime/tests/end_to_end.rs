@@ -564,3 +564,33 @@ async fn a_plugin_that_panics_on_a_command_answers_with_an_error_and_is_restarte
     assert_eq!(sim.counters().await.sessions_opened, 1);
     connector.shutdown(Duration::from_secs(2)).await;
 }
+
+#[actix_rt::test]
+async fn a_device_removed_and_added_again_while_its_registration_is_under_way_ends_up_registered() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_for(&sim, ECHO_DEVICES)).await;
+    let thermo = Device::new("thermo-9", "thermostat", "Hall");
+
+    // Back to back, so the second and third arrive while the registration
+    // the first started is still under way: its answer is about the old
+    // entry, and the queued unregistration then removes the id from the
+    // platform. The new entry must be registered after that.
+    connector.register(thermo.clone()).await.unwrap();
+    connector.unregister(&thermo).await.unwrap();
+    connector.register(thermo.clone()).await.unwrap();
+
+    eventually("the old entry unregistered", || async {
+        (sim.counters().await.unregistrations >= 1).then_some(())
+    })
+    .await;
+    eventually("thermo-9 registered again after its unregistration", || async {
+        (device_ids(&sim).await == ["lamp-1", "plug-2", "thermo-9"]).then_some(())
+    })
+    .await;
+    let listed = connector.devices().await;
+    assert!(
+        listed.iter().any(|d| d.device.id == "thermo-9" && d.registered),
+        "{listed:?}"
+    );
+    connector.shutdown(Duration::from_secs(2)).await;
+}
