@@ -133,7 +133,7 @@ impl ConnectorBuilder {
         let plugins = Arc::new(plugins);
         for spec in specs {
             let device = spec.device.clone();
-            let actor = DeviceActor::new(Arc::new(spec), plugins.clone(), outbox.clone(), events.clone()).start();
+            let actor = DeviceActor::new(spec, plugins.clone(), outbox.clone(), events.clone()).start();
             registry
                 .send(AddDevice {
                     device,
@@ -377,7 +377,7 @@ impl Connector {
         for device in diff.changed.iter().chain(&diff.added) {
             let spec = DeviceSpec::from_config(device);
             let actor = DeviceActor::new(
-                Arc::new(spec),
+                spec,
                 self.plugins.clone(),
                 self.shared.outbox.clone(),
                 self.shared.events.clone(),

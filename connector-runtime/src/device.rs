@@ -181,9 +181,15 @@ struct Restarts {
 }
 
 impl DeviceActor {
-    pub fn new(spec: Arc<DeviceSpec>, plugins: Arc<PluginRegistry>, outbox: OutboxHandle, events: Events) -> Self {
+    /// `spec` may be a `DeviceSpec` or one already shared.
+    pub fn new(
+        spec: impl Into<Arc<DeviceSpec>>,
+        plugins: Arc<PluginRegistry>,
+        outbox: OutboxHandle,
+        events: Events,
+    ) -> Self {
         DeviceActor {
-            spec,
+            spec: spec.into(),
             plugins,
             plugin: None,
             outbox,
