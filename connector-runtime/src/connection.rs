@@ -363,6 +363,15 @@ impl ConnectionActor {
         }
     }
 
+    /// What [`assemble`] gave for a fragment: a whole message is a command.
+    fn on_assembled(&mut self, whole: Option<Result<Vec<u8>, FrameError>>) {
+        match whole {
+            Some(Ok(text)) => self.on_text(&text),
+            Some(Err(e)) => self.bad_frame(&e),
+            None => {}
+        }
+    }
+
     fn bad_frame(&self, error: &FrameError) {
         Stats::bump(&self.stats().bad_frames);
         warn!(
@@ -384,15 +393,27 @@ impl Actor for ConnectionActor {
 
 impl StreamHandler<Incoming> for ConnectionActor {
     fn handle(&mut self, Incoming(id, item): Incoming, ctx: &mut Self::Context) {
-        if let State::Closing(session) = &self.state {
-            // Shutting down: only the platform's close reply (or the end of
-            // the connection) matters now.
-            if session.id == id && matches!(item, Ok(Inbound::Frame(ws::Frame::Close(_))) | Err(_)) {
-                self.finish_shutdown(ctx);
+        let limit = self.settings.max_frame_bytes;
+        if let State::Closing(session) = &mut self.state {
+            if session.id != id {
+                return;
+            }
+            // Shutting down: the platform's close reply (or the end of the
+            // connection) finishes it. A handover keeps the devices running,
+            // so a command the platform sent before it saw our close is still
+            // handled, and its reply goes out through the next session; a
+            // plain shutdown has stopped the devices already.
+            match item {
+                Ok(Inbound::Frame(ws::Frame::Close(_))) | Err(_) => self.finish_shutdown(ctx),
+                Ok(Inbound::Frame(ws::Frame::Text(bytes))) if self.handover => self.on_text(&bytes),
+                Ok(Inbound::Frame(ws::Frame::Continuation(item))) if self.handover => {
+                    let whole = assemble(&mut session.partial, item, limit);
+                    self.on_assembled(whole);
+                }
+                _ => {}
             }
             return;
         }
-        let limit = self.settings.max_frame_bytes;
         let Some(session) = self.session(id) else { return };
         let frame = match item {
             Ok(Inbound::Frame(frame)) => frame,
@@ -415,12 +436,8 @@ impl StreamHandler<Incoming> for ConnectionActor {
             ws::Frame::Text(bytes) => self.on_text(&bytes),
             ws::Frame::Binary(bytes) => self.bad_frame(&FrameError::binary(&bytes)),
             ws::Frame::Continuation(item) => {
-                if let Some(whole) = assemble(&mut session.partial, item, limit) {
-                    match whole {
-                        Ok(text) => self.on_text(&text),
-                        Err(e) => self.bad_frame(&e),
-                    }
-                }
+                let whole = assemble(&mut session.partial, item, limit);
+                self.on_assembled(whole);
             }
             ws::Frame::Ping(payload) => {
                 let _ = session.writer.send(WriterCmd::Control(ws::Message::Pong(payload)));

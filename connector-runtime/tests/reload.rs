@@ -239,3 +239,72 @@ async fn a_wrong_password_fixed_by_a_reload_reconnects_without_a_restart() {
     barrier(&sim, "a").await;
     connector.shutdown(DEADLINE).await;
 }
+
+/// Sends `ping` commands to device `a` about every millisecond until the
+/// returned flag is set; the task answers how many it sent.
+fn command_stream(
+    sim: &platform_sim::SimHandle,
+) -> (std::rc::Rc<std::cell::Cell<bool>>, actix_rt::task::JoinHandle<u64>) {
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let (sim, flag) = (sim.clone(), stop.clone());
+    let task = actix_rt::spawn(async move {
+        let mut sent = 0;
+        while !flag.get() {
+            // No session for a moment during a reconnect: not sent, not counted.
+            if sim
+                .send_command(&Command::new("a", "ping").body(sent.to_string()))
+                .await
+                .is_ok()
+            {
+                sent += 1;
+            }
+            actix_rt::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        sent
+    });
+    (stop, task)
+}
+
+/// Every command the platform wrote got its response, and none was dropped
+/// as addressed to an unknown device. (Commands still queued for a session
+/// when it ends are never written; the simulator counts them apart.)
+async fn every_command_answered(sim: &platform_sim::SimHandle, connector: &Connector, sent: u64) {
+    barrier(sim, "a").await;
+    let counters = sim.counters().await;
+    assert!(sent > 0 && counters.commands_sent >= sent, "{sent} sent, {counters:?}");
+    eventually("a response to every command written", || async {
+        let counters = sim.counters().await;
+        (counters.responses == counters.commands_sent - counters.commands_unsent).then_some(())
+    })
+    .await;
+    let unknown = connector
+        .stats()
+        .unknown_device_commands
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(unknown, 0, "commands dropped as for an unknown device");
+}
+
+#[actix_rt::test]
+async fn commands_arriving_while_a_reload_hands_the_link_over_are_answered() {
+    let sim = simulator().await;
+    let platform = |limit: u32| format!("  max_frame_bytes: {limit}\n");
+    let connector = connected(&sim, config_with(&sim, &platform(1_000_000), &format!("{A}{B}"))).await;
+    let (stop, stream) = command_stream(&sim);
+    for i in 0..10 {
+        let limit = if i % 2 == 0 { 2_000_000 } else { 1_000_000 };
+        let report = connector
+            .reload(config_with(&sim, &platform(limit), &format!("{A}{B}")))
+            .await
+            .unwrap();
+        assert!(report.reconnected);
+        eventually("reconnected", || async {
+            connector.stats().is_session_up().then_some(())
+        })
+        .await;
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.set(true);
+    let sent = stream.await.unwrap();
+    every_command_answered(&sim, &connector, sent).await;
+    connector.shutdown(DEADLINE).await;
+}

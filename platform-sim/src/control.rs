@@ -217,14 +217,11 @@ pub(crate) fn send_command(shared: &Shared, command: &Command) -> Result<String,
 
 fn send_with_task_id(shared: &Shared, command: &Command, task_id: &str) -> Result<usize, SimError> {
     let frame = command_frame(&command.to_message(task_id));
-    let sent = if shared.round_trips.is_on() {
-        shared.broadcast(|| SessionCmd::TimedCommand {
-            frame: frame.clone(),
-            task_id: task_id.to_owned(),
-        })
-    } else {
-        shared.broadcast(|| SessionCmd::Text(frame.clone()))
-    };
+    let timed = shared.round_trips.is_on().then(|| task_id.to_owned());
+    let sent = shared.broadcast(|| SessionCmd::Command {
+        frame: frame.clone(),
+        timed: timed.clone(),
+    });
     if sent == 0 {
         return Err(SimError::NoSession);
     }

@@ -123,6 +123,7 @@ async fn run(
         ),
         Err(end) => (end, false),
     };
+    count_unsent(&shared, id, &mut commands);
 
     match end {
         End::Close(code, reason) => {
@@ -148,6 +149,23 @@ async fn run(
             }
             abort.abort();
         }
+    }
+}
+
+/// Counts the commands still queued for a session that ends: they are never
+/// written, and a test comparing responses with commands sent must know.
+/// Closing the queue first means none can be added after the count.
+fn count_unsent(shared: &Shared, id: u64, commands: &mut mpsc::UnboundedReceiver<SessionCmd>) {
+    commands.close();
+    let mut unsent = 0;
+    while let Ok(command) = commands.try_recv() {
+        if matches!(command, SessionCmd::Command { .. }) {
+            unsent += 1;
+        }
+    }
+    if unsent > 0 {
+        shared.counters.commands_unsent.fetch_add(unsent, Ordering::Relaxed);
+        tracing::info!(session_id = id, commands = unsent, "commands_unsent");
     }
 }
 
@@ -201,7 +219,7 @@ async fn handshake(
                     return Err(End::Close(CloseCode::from(code), reason));
                 }
                 Some(SessionCmd::Reset) => return Err(End::Reset),
-                Some(SessionCmd::Text(_) | SessionCmd::TimedCommand { .. } | SessionCmd::Binary(_)) => continue,
+                Some(SessionCmd::Text(_) | SessionCmd::Command { .. } | SessionCmd::Binary(_)) => continue,
                 None => return Err(End::Close(CloseCode::Away, "simulator stopping".to_owned())),
             },
         };
@@ -307,12 +325,15 @@ async fn frames(
             command = commands.recv() => match command {
                 // The table entry is gone: the simulator is shutting down.
                 None => return End::Close(CloseCode::Away, "simulator stopping".to_owned()),
-                Some(SessionCmd::Text(text)) => {
+                Some(SessionCmd::Text(text) | SessionCmd::Command { frame: text, timed: None }) => {
                     if session.text(text).await.is_err() {
                         return End::PeerClosed(None);
                     }
                 }
-                Some(SessionCmd::TimedCommand { frame, task_id }) => {
+                Some(SessionCmd::Command {
+                    frame,
+                    timed: Some(task_id),
+                }) => {
                     shared.round_trips.written(task_id);
                     if session.text(frame).await.is_err() {
                         return End::PeerClosed(None);

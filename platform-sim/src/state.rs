@@ -104,6 +104,9 @@ counters! {
     bad_frames,
     /// Command frames sent (one per session reached).
     commands_sent,
+    /// Of those, the ones still queued when their session ended, so never
+    /// written: a platform loses them with the session.
+    commands_unsent,
     /// Raw frames sent by the fault API (one per session reached).
     raw_frames_sent,
     /// Sessions dropped by the fault API.
@@ -174,10 +177,11 @@ pub struct SessionInfo {
 #[derive(Debug)]
 pub(crate) enum SessionCmd {
     Text(String),
-    /// A command frame whose round trip is timed (see [`RoundTrips`]).
-    TimedCommand {
+    /// A command frame; `timed` holds its task id when its round trip is
+    /// timed (see [`RoundTrips`]).
+    Command {
         frame: String,
-        task_id: String,
+        timed: Option<String>,
     },
     Binary(bytes::Bytes),
     Close {
