@@ -18,8 +18,8 @@ use crate::device::{enqueue, DeviceActor};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Outbox, OutboxHandle};
 use crate::registry::{
-    AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, Relink, RemoveDevice, Route,
-    StopAll,
+    AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, Relink, RemoveDevice,
+    ReplaceDevice, Route, StopAll,
 };
 use crate::reload::{self, ReloadError, ReloadReport};
 
@@ -364,7 +364,7 @@ impl Connector {
             // Applied, whatever happens to the devices below.
             old.platform = new.platform.clone();
         }
-        for device in diff.removed.iter().chain(&diff.changed) {
+        for device in &diff.removed {
             if let Err(e) = self
                 .shared
                 .registry
@@ -374,22 +374,30 @@ impl Connector {
                 warn!(device_id = %device.id, error = %e, "reload: the device was not running");
             }
         }
-        for device in diff.changed.iter().chain(&diff.added) {
+        let start = |device: &DeviceConfig| {
             let spec = DeviceSpec::from_config(device);
             let actor = DeviceActor::new(
                 spec,
                 self.plugins.clone(),
                 self.shared.outbox.clone(),
                 self.shared.events.clone(),
-            )
-            .start();
-            self.shared
-                .registry
-                .send(AddDevice {
-                    device: device.device(),
-                    route: Route::Actor(actor),
-                })
-                .await??;
+            );
+            Route::Actor(actor.start())
+        };
+        for device in &diff.changed {
+            // One step, so no command for the device finds its id missing.
+            let replace = ReplaceDevice {
+                device: device.device(),
+                route: start(device),
+            };
+            self.shared.registry.send(replace).await??;
+        }
+        for device in &diff.added {
+            let add = AddDevice {
+                device: device.device(),
+                route: start(device),
+            };
+            self.shared.registry.send(add).await??;
         }
         *old = new;
         info!(

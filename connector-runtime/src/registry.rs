@@ -86,6 +86,16 @@ pub struct RemoveDevice {
     pub id: String,
 }
 
+/// Removes a device (if it is there) and adds its successor under the same
+/// id in one step (a reload that changed it), so no command for the id finds
+/// it missing in between: each goes to the old actor or the new one.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct ReplaceDevice {
+    pub device: Device,
+    pub route: Route,
+}
+
 /// Stops every device actor (for shutdown); answers once they are told.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -438,27 +448,45 @@ impl Handler<IncomingCommand> for RegistryActor {
     }
 }
 
-impl Handler<AddDevice> for RegistryActor {
-    type Result = Result<(), RegistryError>;
-
-    fn handle(&mut self, msg: AddDevice, ctx: &mut Self::Context) -> Self::Result {
-        let id = msg.device.id.clone();
-        if id.is_empty() {
+impl RegistryActor {
+    fn add(&mut self, device: Device, route: Route) -> Result<(), RegistryError> {
+        if device.id.is_empty() {
             return Err(RegistryError::EmptyId);
         }
-        if self.devices.contains_key(&id) {
-            return Err(RegistryError::Duplicate(id));
+        if self.devices.contains_key(&device.id) {
+            return Err(RegistryError::Duplicate(device.id));
         }
-        debug!(device_id = %id, "device added");
+        debug!(device_id = %device.id, "device added");
         self.devices.insert(
-            id,
+            device.id.clone(),
             Entry {
-                device: Arc::new(msg.device),
-                route: msg.route,
+                device: Arc::new(device),
+                route,
                 registered: false,
                 mailbox: Mailbox::new(self.mailbox_capacity),
             },
         );
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &str) -> Result<(), RegistryError> {
+        let entry = self
+            .devices
+            .remove(id)
+            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
+        if let Route::Actor(addr) = &entry.route {
+            addr.do_send(StopDevice);
+        }
+        self.unregister_queue.push_back(entry.device);
+        Ok(())
+    }
+}
+
+impl Handler<AddDevice> for RegistryActor {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: AddDevice, ctx: &mut Self::Context) -> Self::Result {
+        self.add(msg.device, msg.route)?;
         self.sync(ctx);
         Ok(())
     }
@@ -468,11 +496,20 @@ impl Handler<RemoveDevice> for RegistryActor {
     type Result = Result<(), RegistryError>;
 
     fn handle(&mut self, msg: RemoveDevice, ctx: &mut Self::Context) -> Self::Result {
-        let entry = self.devices.remove(&msg.id).ok_or(RegistryError::Unknown(msg.id))?;
-        if let Route::Actor(addr) = &entry.route {
-            addr.do_send(StopDevice);
+        self.remove(&msg.id)?;
+        self.sync(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<ReplaceDevice> for RegistryActor {
+    type Result = Result<(), RegistryError>;
+
+    fn handle(&mut self, msg: ReplaceDevice, ctx: &mut Self::Context) -> Self::Result {
+        if self.remove(&msg.device.id).is_err() {
+            debug!(device_id = %msg.device.id, "replaced a device that was not running: added");
         }
-        self.unregister_queue.push_back(entry.device);
+        self.add(msg.device, msg.route)?;
         self.sync(ctx);
         Ok(())
     }

@@ -285,6 +285,27 @@ async fn every_command_answered(sim: &platform_sim::SimHandle, connector: &Conne
 }
 
 #[actix_rt::test]
+async fn commands_for_a_device_a_reload_restarts_are_all_answered() {
+    let sim = simulator().await;
+    let renamed = "  - { id: a, type: lamp, name: A-renamed, plugin: echo }\n";
+    let connector = connected(&sim, config_with(&sim, "", &format!("{A}{B}"))).await;
+    let (stop, stream) = command_stream(&sim);
+    for i in 0..20 {
+        let a = if i % 2 == 0 { renamed } else { A };
+        let report = connector
+            .reload(config_with(&sim, "", &format!("{a}{B}")))
+            .await
+            .unwrap();
+        assert_eq!(report.changed, ["a"]);
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    stop.set(true);
+    let sent = stream.await.unwrap();
+    every_command_answered(&sim, &connector, sent).await;
+    connector.shutdown(DEADLINE).await;
+}
+
+#[actix_rt::test]
 async fn commands_arriving_while_a_reload_hands_the_link_over_are_answered() {
     let sim = simulator().await;
     let platform = |limit: u32| format!("  max_frame_bytes: {limit}\n");
