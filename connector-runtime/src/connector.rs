@@ -74,8 +74,10 @@ pub struct Connector {
 /// What a reload replaces.
 struct Running {
     config: Config,
-    /// A reload that changes the platform settings starts a new one.
-    connection: Addr<ConnectionActor>,
+    /// A reload that changes the platform settings starts a new one. Shared
+    /// with that reload's hand-over task, which puts the new link here even
+    /// if the reload's caller stops waiting half-way.
+    connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
 }
 
 /// Starts a [`Connector`] with the built-in plugins plus any added here.
@@ -151,9 +153,46 @@ impl ConnectorBuilder {
             },
             commands: tokio::sync::Mutex::new(program_rx),
             plugins,
-            running: tokio::sync::Mutex::new(Running { config, connection }),
+            running: tokio::sync::Mutex::new(Running {
+                config,
+                connection: Arc::new(std::sync::Mutex::new(connection)),
+            }),
         })
     }
+}
+
+/// A reload's change of platform: the old link closes first (its last batch
+/// is written, then the close handshake) so frames never overtake each other
+/// across the two sessions; only then does the registry get the new settings,
+/// so no registration goes to the old platform; and the new link drains the
+/// same buffer.
+async fn hand_over(
+    slot: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
+    link: LinkSettings,
+    registry_settings: RegistrySettings,
+    shared: StatusSource,
+) -> Result<(), actix::MailboxError> {
+    let old = lock(&slot).clone();
+    let _ = old
+        .send(Shutdown {
+            flush_timeout: Duration::ZERO,
+            handover: true,
+        })
+        .await;
+    shared.registry.send(Relink(registry_settings)).await?;
+    let new = ConnectionActor::new(
+        link,
+        shared.outbox.clone(),
+        shared.events.clone(),
+        shared.registry.clone(),
+    );
+    *lock(&slot) = new.start();
+    Ok(())
+}
+
+/// The slot's lock; a panic while it was held leaves a valid address.
+fn lock<T>(slot: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The link's and the registry's settings from a checked config; both trust
@@ -341,26 +380,13 @@ impl Connector {
             reconnected: relink.is_some(),
         };
         if let Some((link, registry_settings)) = relink {
-            // The old link closes first (its last batch is written, then the
-            // close handshake) so frames never overtake each other across the
-            // two sessions; the new one drains the same buffer.
             info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
-            let _ = connection
-                .send(Shutdown {
-                    flush_timeout: Duration::ZERO,
-                    handover: true,
-                })
-                .await;
-            // Only now: the old link can no longer report a session, so no
-            // registration of the new settings goes to the old platform.
-            self.shared.registry.send(Relink(registry_settings)).await?;
-            *connection = ConnectionActor::new(
-                link,
-                self.shared.outbox.clone(),
-                self.shared.events.clone(),
-                self.shared.registry.clone(),
-            )
-            .start();
+            // In a task of its own: a caller dropping this future (a
+            // time-out) must not leave the old link closed and no new one.
+            let handover = hand_over(connection.clone(), link, registry_settings, self.shared.clone());
+            actix_rt::spawn(handover)
+                .await
+                .map_err(|_| ReloadError::Mailbox(actix::MailboxError::Closed))??;
             // Applied, whatever happens to the devices below.
             old.platform = new.platform.clone();
         }
@@ -442,7 +468,7 @@ impl Connector {
     /// most `flush_timeout`), closes the session and stops the actors.
     pub async fn shutdown(self, flush_timeout: Duration) {
         let _ = self.shared.registry.send(StopAll).await;
-        let connection = self.running.into_inner().connection;
+        let connection = lock(&self.running.into_inner().connection).clone();
         let _ = connection
             .send(Shutdown {
                 flush_timeout,

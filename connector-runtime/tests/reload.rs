@@ -329,3 +329,44 @@ async fn commands_arriving_while_a_reload_hands_the_link_over_are_answered() {
     every_command_answered(&sim, &connector, sent).await;
     connector.shutdown(DEADLINE).await;
 }
+
+#[actix_rt::test]
+async fn a_reload_its_caller_stops_waiting_for_still_reconnects() {
+    use std::future::Future;
+    let sim = simulator().await;
+    let platform = |limit: u32| format!("  max_frame_bytes: {limit}\n");
+    let connector = connected(&sim, config_with(&sim, &platform(1_000_000), A)).await;
+    let mut reload = Box::pin(connector.reload(config_with(&sim, &platform(2_000_000), A)));
+    // Polled until the old link is closing, then dropped, as a caller's
+    // time-out or select! would.
+    loop {
+        let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(reload.as_mut().poll(cx))).await;
+        assert!(poll.is_pending(), "the reload finished before it could be abandoned");
+        if !connector.stats().is_session_up() {
+            break;
+        }
+        actix_rt::task::yield_now().await;
+    }
+    drop(reload);
+    eventually("a new session after the abandoned reload", || async {
+        let counters = sim.counters().await;
+        (connector.stats().is_session_up() && counters.sessions_authenticated == 2).then_some(())
+    })
+    .await;
+    let reply = sim
+        .command_and_wait(&Command::new("a", "ping").body("still here"), DEADLINE)
+        .await
+        .expect("the device answers over the new link");
+    assert_eq!(reply.message.body, "still here");
+    // The connector knows the new link: a shutdown closes it cleanly.
+    connector.shutdown(DEADLINE).await;
+    eventually("the new session closed", || async {
+        (sim.counters().await.sessions_closed == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sim.counters().await.close_frames,
+        2,
+        "both sessions ended with a close handshake"
+    );
+}
