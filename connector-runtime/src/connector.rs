@@ -343,9 +343,12 @@ impl Connector {
     /// every device registers again with the new settings.
     ///
     /// A config that fails validation, names an unknown plugin, gives a plugin
-    /// settings it refuses, has an unusable `ca_file`, or changes
-    /// `platform.buffer` or the `plugins:` section is refused as a whole and
-    /// nothing changes.
+    /// settings it refuses, has an unusable `ca_file`, changes
+    /// `platform.buffer` or the `plugins:` section, or adds a device whose id
+    /// the program registered is refused as a whole and nothing changes.
+    ///
+    /// Once the platform hand-over has begun it runs to its end, even if
+    /// this future is dropped.
     pub async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
         let mut guard = self.running.lock().await;
         let Running {
@@ -372,6 +375,25 @@ impl Connector {
             warn!("metrics and logging settings are applied on the next restart, not on a reload");
         }
         let diff = reload::diff(&old.devices, &new.devices);
+        // The program may have registered an id the file now adds: refused
+        // here, before anything changes, rather than half-way through.
+        let running = self.shared.devices().await;
+        let taken: Vec<String> = diff
+            .added
+            .iter()
+            .filter(|d| running.iter().any(|r| r.device.id == d.id))
+            .map(|d| {
+                let spec = DeviceSpec::from_config(d);
+                format!(
+                    "device {:?}{}: the id is taken by a device the program registered",
+                    d.id,
+                    origin(&spec)
+                )
+            })
+            .collect();
+        if !taken.is_empty() {
+            return Err(ReloadError::Devices(taken));
+        }
         let ids = |list: &[&DeviceConfig]| list.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
         let report = ReloadReport {
             added: ids(&diff.added),

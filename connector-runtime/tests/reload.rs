@@ -370,3 +370,36 @@ async fn a_reload_its_caller_stops_waiting_for_still_reconnects() {
         "both sessions ended with a close handshake"
     );
 }
+
+#[actix_rt::test]
+async fn a_reload_adding_an_id_the_program_registered_is_refused_and_changes_nothing() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, "", &format!("{A}{B}"))).await;
+    connector
+        .register(connector_core::Device::new("c", "lamp", "Program's C"))
+        .await
+        .unwrap();
+    eventually("c registered", || async {
+        (device_ids(&sim).await == ["a", "b", "c"]).then_some(())
+    })
+    .await;
+
+    let refused = connector
+        .reload(config_with(&sim, "", &format!("{B}{C}")))
+        .await
+        .expect_err("c is taken");
+    let message = refused.to_string();
+    assert!(
+        message.contains("device \"c\"") && message.contains("program"),
+        "{message}"
+    );
+
+    // a was to be removed by the same reload: it still runs.
+    let reply = sim
+        .command_and_wait(&Command::new("a", "ping").body("still here"), DEADLINE)
+        .await
+        .expect("a still answers");
+    assert_eq!(reply.message.body, "still here");
+    assert_eq!(device_ids(&sim).await, ["a", "b", "c"]);
+    connector.shutdown(DEADLINE).await;
+}
