@@ -75,9 +75,82 @@ pub struct Connector {
 struct Running {
     config: Config,
     /// A reload that changes the platform settings starts a new one. Shared
-    /// with that reload's hand-over task, which puts the new link here even
-    /// if the reload's caller stops waiting half-way.
+    /// with that reload's task, which puts the new link here even if the
+    /// reload's caller stops waiting half-way.
     connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
+    /// The task applying the last reload, while it runs.
+    applying: Option<actix_rt::task::JoinHandle<Result<(), ReloadError>>>,
+}
+
+impl Running {
+    /// Waits for a reload whose caller stopped waiting to finish applying.
+    async fn settle(&mut self) {
+        if let Some(applying) = self.applying.take() {
+            match applying.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "an earlier reload did not finish applying"),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A checked reload, to be applied by a task of its own.
+struct Plan {
+    relink: Option<(LinkSettings, RegistrySettings)>,
+    removed: Vec<DeviceConfig>,
+    changed: Vec<DeviceConfig>,
+    added: Vec<DeviceConfig>,
+}
+
+impl Plan {
+    fn report(&self) -> ReloadReport {
+        let ids = |list: &[DeviceConfig]| list.iter().map(|d| d.id.clone()).collect();
+        ReloadReport {
+            added: ids(&self.added),
+            removed: ids(&self.removed),
+            changed: ids(&self.changed),
+            reconnected: self.relink.is_some(),
+        }
+    }
+
+    async fn apply(
+        self,
+        connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
+        shared: StatusSource,
+        plugins: Arc<PluginRegistry>,
+    ) -> Result<(), ReloadError> {
+        if let Some((link, registry_settings)) = self.relink {
+            info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
+            hand_over(connection, link, registry_settings, &shared).await?;
+        }
+        for device in &self.removed {
+            if let Err(e) = shared.registry.send(RemoveDevice { id: device.id.clone() }).await? {
+                warn!(device_id = %device.id, error = %e, "reload: the device was not running");
+            }
+        }
+        let actor = |device: &DeviceConfig| {
+            let spec = DeviceSpec::from_config(device);
+            DeviceActor::new(spec, plugins.clone(), shared.outbox.clone(), shared.events.clone())
+        };
+        for device in &self.changed {
+            // One step, so no command for the device finds its id missing.
+            let replace = ReplaceDevice {
+                device: device.device(),
+                actor: actor(device),
+            };
+            shared.registry.send(replace).await??;
+        }
+        for device in &self.added {
+            let add = AddDevice {
+                device: device.device(),
+                route: Route::Actor(actor(device).start()),
+            };
+            shared.registry.send(add).await??;
+        }
+        Ok(())
+    }
 }
 
 /// Starts a [`Connector`] with the built-in plugins plus any added here.
@@ -156,6 +229,7 @@ impl ConnectorBuilder {
             running: tokio::sync::Mutex::new(Running {
                 config,
                 connection: Arc::new(std::sync::Mutex::new(connection)),
+                applying: None,
             }),
         })
     }
@@ -170,7 +244,7 @@ async fn hand_over(
     slot: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
     link: LinkSettings,
     registry_settings: RegistrySettings,
-    shared: StatusSource,
+    shared: &StatusSource,
 ) -> Result<(), actix::MailboxError> {
     let old = lock(&slot).clone();
     let _ = old
@@ -347,14 +421,13 @@ impl Connector {
     /// `platform.buffer` or the `plugins:` section, or adds a device whose id
     /// the program registered is refused as a whole and nothing changes.
     ///
-    /// Once the platform hand-over has begun it runs to its end, even if
-    /// this future is dropped.
+    /// Once checked, the config is applied in a task of its own that runs to
+    /// its end even if this future is dropped (a caller's time-out); the next
+    /// reload or shutdown waits for it.
     pub async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
-        let mut guard = self.running.lock().await;
-        let Running {
-            config: old,
-            connection,
-        } = &mut *guard;
+        let mut running = self.running.lock().await;
+        running.settle().await;
+        let old = &running.config;
         new.validate()?;
         reload::check_sections(old, &new)?;
         let problems: Vec<String> = new
@@ -377,11 +450,11 @@ impl Connector {
         let diff = reload::diff(&old.devices, &new.devices);
         // The program may have registered an id the file now adds: refused
         // here, before anything changes, rather than half-way through.
-        let running = self.shared.devices().await;
+        let devices = self.shared.devices().await;
         let taken: Vec<String> = diff
             .added
             .iter()
-            .filter(|d| running.iter().any(|r| r.device.id == d.id))
+            .filter(|d| devices.iter().any(|r| r.program && r.device.id == d.id))
             .map(|d| {
                 let spec = DeviceSpec::from_config(d);
                 format!(
@@ -394,60 +467,26 @@ impl Connector {
         if !taken.is_empty() {
             return Err(ReloadError::Devices(taken));
         }
-        let ids = |list: &[&DeviceConfig]| list.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
-        let report = ReloadReport {
-            added: ids(&diff.added),
-            removed: ids(&diff.removed),
-            changed: ids(&diff.changed),
-            reconnected: relink.is_some(),
+        let owned = |list: &[&DeviceConfig]| list.iter().map(|d| (*d).clone()).collect::<Vec<_>>();
+        let plan = Plan {
+            relink,
+            removed: owned(&diff.removed),
+            changed: owned(&diff.changed),
+            added: owned(&diff.added),
         };
-        if let Some((link, registry_settings)) = relink {
-            info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
-            // In a task of its own: a caller dropping this future (a
-            // time-out) must not leave the old link closed and no new one.
-            let handover = hand_over(connection.clone(), link, registry_settings, self.shared.clone());
-            actix_rt::spawn(handover)
-                .await
-                .map_err(|_| ReloadError::Mailbox(actix::MailboxError::Closed))??;
-            // Applied, whatever happens to the devices below.
-            old.platform = new.platform.clone();
+        let report = plan.report();
+        let apply = plan.apply(running.connection.clone(), self.shared.clone(), self.plugins.clone());
+        // From here on the new config is what runs, whether or not the
+        // caller waits for the task to finish applying it.
+        running.config = new;
+        running.applying = Some(actix_rt::spawn(apply));
+        let applied = running.applying.as_mut().expect("just set").await;
+        running.applying = None;
+        match applied {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(ReloadError::Mailbox(actix::MailboxError::Closed)),
         }
-        for device in &diff.removed {
-            if let Err(e) = self
-                .shared
-                .registry
-                .send(RemoveDevice { id: device.id.clone() })
-                .await?
-            {
-                warn!(device_id = %device.id, error = %e, "reload: the device was not running");
-            }
-        }
-        let start = |device: &DeviceConfig| {
-            let spec = DeviceSpec::from_config(device);
-            let actor = DeviceActor::new(
-                spec,
-                self.plugins.clone(),
-                self.shared.outbox.clone(),
-                self.shared.events.clone(),
-            );
-            Route::Actor(actor.start())
-        };
-        for device in &diff.changed {
-            // One step, so no command for the device finds its id missing.
-            let replace = ReplaceDevice {
-                device: device.device(),
-                route: start(device),
-            };
-            self.shared.registry.send(replace).await??;
-        }
-        for device in &diff.added {
-            let add = AddDevice {
-                device: device.device(),
-                route: start(device),
-            };
-            self.shared.registry.send(add).await??;
-        }
-        *old = new;
         info!(
             added = report.added.len(),
             removed = report.removed.len(),
@@ -489,8 +528,10 @@ impl Connector {
     /// Stops the devices, sends what is buffered while the link is up (for at
     /// most `flush_timeout`), closes the session and stops the actors.
     pub async fn shutdown(self, flush_timeout: Duration) {
+        let mut running = self.running.into_inner();
+        running.settle().await;
         let _ = self.shared.registry.send(StopAll).await;
-        let connection = lock(&self.running.into_inner().connection).clone();
+        let connection = lock(&running.connection).clone();
         let _ = connection
             .send(Shutdown {
                 flush_timeout,

@@ -169,6 +169,9 @@ pub struct DeviceActor {
     /// Made on the first failure: most devices never fail, and every byte of
     /// this struct is paid once per device (100,000 on a big gateway).
     restarts: Option<Box<Restarts>>,
+    /// Started by [`start_after`](Self::start_after): the plugin is created
+    /// once the predecessor's is gone, not in `started`.
+    deferred: bool,
 }
 
 /// A failing device's history, for the back-off and the give-up rule.
@@ -196,7 +199,21 @@ impl DeviceActor {
             events,
             accepting: Arc::new(AtomicBool::new(false)),
             restarts: None,
+            deferred: false,
         }
+    }
+
+    /// Starts the actor, but creates its plugin only once `predecessor` is
+    /// done: a device restarted under the same id (a reload that changed it)
+    /// must not run two plugin instances at once, which a plugin holding a
+    /// serial port or a bound socket could not survive. Commands wait in the
+    /// mailbox meanwhile.
+    pub fn start_after(mut self, predecessor: impl std::future::Future<Output = ()> + 'static) -> Addr<Self> {
+        self.deferred = true;
+        DeviceActor::create(move |ctx| {
+            ctx.wait(actix::fut::wrap_future(predecessor).map(|(), act: &mut Self, ctx| act.launch(ctx)));
+            self
+        })
     }
 
     fn id(&self) -> &str {
@@ -322,7 +339,9 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.launch(ctx);
+        if !self.deferred {
+            self.launch(ctx);
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -366,6 +385,9 @@ impl Handler<StopDevice> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
+        // Now rather than when the actor has wound down, so whoever awaits
+        // this message knows the plugin is gone (see `start_after`).
+        self.retire_plugin();
         ctx.stop();
     }
 }

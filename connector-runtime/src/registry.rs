@@ -88,12 +88,13 @@ pub struct RemoveDevice {
 
 /// Removes a device (if it is there) and adds its successor under the same
 /// id in one step (a reload that changed it), so no command for the id finds
-/// it missing in between: each goes to the old actor or the new one.
+/// it missing in between: each goes to the old actor or the new one. The new
+/// actor, not yet started, creates its plugin once the old one's is gone.
 #[derive(Message)]
 #[rtype(result = "Result<(), RegistryError>")]
 pub struct ReplaceDevice {
     pub device: Device,
-    pub route: Route,
+    pub actor: DeviceActor,
 }
 
 /// Stops every device actor (for shutdown); answers once they are told.
@@ -469,16 +470,15 @@ impl RegistryActor {
         Ok(())
     }
 
-    fn remove(&mut self, id: &str) -> Result<(), RegistryError> {
+    /// Takes the device out and queues its unregistration; its route is
+    /// returned for the caller to stop.
+    fn remove(&mut self, id: &str) -> Result<Route, RegistryError> {
         let entry = self
             .devices
             .remove(id)
             .ok_or_else(|| RegistryError::Unknown(id.to_owned()))?;
-        if let Route::Actor(addr) = &entry.route {
-            addr.do_send(StopDevice);
-        }
         self.unregister_queue.push_back(entry.device);
-        Ok(())
+        Ok(entry.route)
     }
 }
 
@@ -496,7 +496,9 @@ impl Handler<RemoveDevice> for RegistryActor {
     type Result = Result<(), RegistryError>;
 
     fn handle(&mut self, msg: RemoveDevice, ctx: &mut Self::Context) -> Self::Result {
-        self.remove(&msg.id)?;
+        if let Route::Actor(addr) = self.remove(&msg.id)? {
+            addr.do_send(StopDevice);
+        }
         self.sync(ctx);
         Ok(())
     }
@@ -506,10 +508,25 @@ impl Handler<ReplaceDevice> for RegistryActor {
     type Result = Result<(), RegistryError>;
 
     fn handle(&mut self, msg: ReplaceDevice, ctx: &mut Self::Context) -> Self::Result {
-        if self.remove(&msg.device.id).is_err() {
-            debug!(device_id = %msg.device.id, "replaced a device that was not running: added");
+        if msg.device.id.is_empty() {
+            // Before the new actor starts, so a refusal leaves nothing behind.
+            return Err(RegistryError::EmptyId);
         }
-        self.add(msg.device, msg.route)?;
+        let stopped = match self.remove(&msg.device.id) {
+            Ok(Route::Actor(old)) => Some(old.send(StopDevice)),
+            Ok(Route::Program) => None,
+            Err(_) => {
+                debug!(device_id = %msg.device.id, "replaced a device that was not running: added");
+                None
+            }
+        };
+        let actor = msg.actor.start_after(async move {
+            if let Some(stopped) = stopped {
+                // An error means the old actor is gone already: as good.
+                let _ = stopped.await;
+            }
+        });
+        self.add(msg.device, Route::Actor(actor))?;
         self.sync(ctx);
         Ok(())
     }

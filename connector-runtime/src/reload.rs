@@ -5,8 +5,9 @@
 //! Devices are compared by id: one only in the new config is *added*, one
 //! only in the running config is *removed*, one in both whose type, name,
 //! plugin or settings differ is *changed* and is restarted (stopped,
-//! unregistered, then started and registered again under the same id). Its
-//! line in the file does not count. The platform session stays up, unless
+//! unregistered, then started and registered again under the same id; its
+//! new plugin instance is created only once the old one is gone, and its
+//! commands wait for it meanwhile). Its line in the file does not count. The platform session stays up, unless
 //! the `platform:` settings changed: then the connector reconnects with the
 //! new ones and registers every device again. Whatever is still queued then
 //! (buffered frames, pending unregistrations) goes to the new platform.
@@ -26,7 +27,8 @@ pub enum ReloadError {
     /// The new config does not pass [`Config::validate`].
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Devices whose plugin is unknown or refuses its settings, one per line.
+    /// Devices whose plugin is unknown or refuses its settings, or whose id
+    /// a program registered itself, one per line.
     #[error("{}", .0.join("\n"))]
     Devices(Vec<String>),
     #[error("platform.buffer changed: restart the connector to apply it (the buffer holds what is not yet sent)")]

@@ -330,24 +330,30 @@ async fn commands_arriving_while_a_reload_hands_the_link_over_are_answered() {
     connector.shutdown(DEADLINE).await;
 }
 
-#[actix_rt::test]
-async fn a_reload_its_caller_stops_waiting_for_still_reconnects() {
-    use std::future::Future;
-    let sim = simulator().await;
-    let platform = |limit: u32| format!("  max_frame_bytes: {limit}\n");
-    let connector = connected(&sim, config_with(&sim, &platform(1_000_000), A)).await;
-    let mut reload = Box::pin(connector.reload(config_with(&sim, &platform(2_000_000), A)));
-    // Polled until the old link is closing, then dropped, as a caller's
-    // time-out or select! would.
+/// Polls `reload` until `done_enough` says it is under way, then drops it,
+/// as a caller's time-out or `select!` would.
+async fn abandon<F: std::future::Future>(reload: F, done_enough: impl AsyncFn() -> bool) {
+    let mut reload = std::pin::pin!(reload);
     loop {
         let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(reload.as_mut().poll(cx))).await;
         assert!(poll.is_pending(), "the reload finished before it could be abandoned");
-        if !connector.stats().is_session_up() {
-            break;
+        if done_enough().await {
+            return;
         }
         actix_rt::task::yield_now().await;
     }
-    drop(reload);
+}
+
+fn max_frame_bytes(limit: u32) -> String {
+    format!("  max_frame_bytes: {limit}\n")
+}
+
+#[actix_rt::test]
+async fn a_reload_its_caller_stops_waiting_for_still_reconnects() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, &max_frame_bytes(1_000_000), A)).await;
+    let reload = connector.reload(config_with(&sim, &max_frame_bytes(2_000_000), A));
+    abandon(reload, async || !connector.stats().is_session_up()).await;
     eventually("a new session after the abandoned reload", || async {
         let counters = sim.counters().await;
         (connector.stats().is_session_up() && counters.sessions_authenticated == 2).then_some(())
@@ -358,17 +364,142 @@ async fn a_reload_its_caller_stops_waiting_for_still_reconnects() {
         .await
         .expect("the device answers over the new link");
     assert_eq!(reply.message.body, "still here");
-    // The connector knows the new link: a shutdown closes it cleanly.
+
+    // The running config is the new one: going back to the old platform
+    // settings is a change again, and reconnects.
+    let report = connector
+        .reload(config_with(&sim, &max_frame_bytes(1_000_000), A))
+        .await
+        .unwrap();
+    assert!(report.reconnected, "{report:?}");
+    eventually("the third session", || async {
+        (sim.counters().await.sessions_authenticated == 3).then_some(())
+    })
+    .await;
+    // The connector knows the newest link: a shutdown closes it cleanly.
     connector.shutdown(DEADLINE).await;
-    eventually("the new session closed", || async {
-        (sim.counters().await.sessions_closed == 2).then_some(())
+    eventually("every session closed", || async {
+        (sim.counters().await.sessions_closed == 3).then_some(())
     })
     .await;
     assert_eq!(
         sim.counters().await.close_frames,
-        2,
-        "both sessions ended with a close handshake"
+        3,
+        "each session ended with a close handshake"
     );
+}
+
+#[actix_rt::test]
+async fn a_shutdown_or_reload_right_after_an_abandoned_one_waits_for_it() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, &max_frame_bytes(1_000_000), A)).await;
+    let reload = connector.reload(config_with(&sim, &max_frame_bytes(2_000_000), A));
+    abandon(reload, async || !connector.stats().is_session_up()).await;
+    // The same again at once: no second hand-over, so one link.
+    let report = connector
+        .reload(config_with(&sim, &max_frame_bytes(2_000_000), A))
+        .await
+        .unwrap();
+    assert!(!report.reconnected, "{report:?}");
+    eventually("the new session", || async {
+        (sim.counters().await.sessions_authenticated == 2).then_some(())
+    })
+    .await;
+    let reload = connector.reload(config_with(&sim, &max_frame_bytes(3_000_000), A));
+    abandon(reload, async || !connector.stats().is_session_up()).await;
+    connector.shutdown(DEADLINE).await;
+    let open = sim.sessions().await;
+    assert!(open.is_empty(), "a link outlived the shutdown: {open:?}");
+    // Had the hand-over gone on after the shutdown, its link would show up.
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    let open = sim.sessions().await;
+    assert!(open.is_empty(), "a link started after the shutdown: {open:?}");
+}
+
+#[actix_rt::test]
+async fn a_reload_dropped_while_it_adds_devices_finishes_and_a_retry_is_a_no_op() {
+    let sim = simulator().await;
+    let connector = connected(&sim, config_with(&sim, "", A)).await;
+    let many: String = (0..200)
+        .map(|i| format!("  - {{ id: n{i}, type: lamp, name: N, plugin: echo }}\n"))
+        .collect();
+    let config = || config_with(&sim, "", &format!("{A}{many}"));
+    abandon(connector.reload(config()), async || connector.devices().await.len() > 5).await;
+    let report = connector.reload(config()).await.expect("the retry is accepted");
+    assert!(
+        report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(connector.devices().await.len(), 201);
+    eventually("all 201 registered", || async {
+        (sim.devices().await.len() == 201).then_some(())
+    })
+    .await;
+    connector.shutdown(DEADLINE).await;
+}
+
+/// A plugin that, like one owning a serial port, must never run twice at once.
+mod exclusive {
+    use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, Reply};
+    use connector_core::Message;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub static LIVE: AtomicUsize = AtomicUsize::new(0);
+    pub static MOST: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct Exclusive {
+        started: bool,
+    }
+
+    impl DevicePlugin for Exclusive {
+        fn start(&mut self, _: EventSink) -> Result<(), PluginError> {
+            let now = LIVE.fetch_add(1, Ordering::SeqCst) + 1;
+            MOST.fetch_max(now, Ordering::SeqCst);
+            self.started = true;
+            Ok(())
+        }
+
+        fn command(&mut self, command: &Message) -> Result<Reply, PluginError> {
+            Ok(Reply::body(command.payload.clone()))
+        }
+
+        fn stop(&mut self) {
+            if std::mem::take(&mut self.started) {
+                LIVE.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn factory(_: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+        Ok(Box::new(Exclusive { started: false }))
+    }
+}
+
+#[actix_rt::test]
+async fn a_changed_device_never_runs_two_plugin_instances_at_once() {
+    let sim = simulator().await;
+    let x = |name: &str| format!("  - {{ id: x, type: lamp, name: {name}, plugin: exclusive }}\n");
+    let connector = connected_with(
+        &sim,
+        |b| b.plugin("exclusive", exclusive::factory),
+        config_with(&sim, "", &x("X0")),
+    )
+    .await;
+    for i in 1..=5 {
+        let report = connector
+            .reload(config_with(&sim, "", &x(&format!("X{i}"))))
+            .await
+            .unwrap();
+        assert_eq!(report.changed, ["x"]);
+        let reply = sim
+            .command_and_wait(&Command::new("x", "ping").body(i.to_string()), DEADLINE)
+            .await
+            .expect("the new instance answers");
+        assert_eq!(reply.message.body, i.to_string());
+    }
+    connector.shutdown(DEADLINE).await;
+    assert_eq!(exclusive::MOST.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(exclusive::LIVE.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[actix_rt::test]
