@@ -11,7 +11,7 @@ use connector_core::plugin::{DeviceSpec, PluginError, PluginRegistry};
 use connector_core::tls::TlsSettings;
 use connector_core::{Device, Message as PlatformMessage};
 use tokio::sync::{broadcast, mpsc};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::connection::{ConnectionActor, LinkSettings, Shutdown};
 use crate::device::{enqueue, DeviceActor};
@@ -78,21 +78,55 @@ struct Running {
     /// with that reload's task, which puts the new link here even if the
     /// reload's caller stops waiting half-way.
     connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
-    /// The task applying the last reload, while it runs.
-    applying: Option<actix_rt::task::JoinHandle<Result<(), ReloadError>>>,
+    /// The task applying the last reload, while it runs. Awaited in place
+    /// (never taken out first), so a waiter dropped half-way leaves it here
+    /// for the next one.
+    applying: Option<actix_rt::task::JoinHandle<Result<NotAdded, ReloadError>>>,
 }
+
+/// Devices a reload's task could not add (a program registered the id after
+/// the reload's check), each with the reason.
+type NotAdded = Vec<(String, String)>;
 
 impl Running {
     /// Waits for a reload whose caller stopped waiting to finish applying.
+    /// Its failure is logged, not passed to this caller, whose own work
+    /// (a shutdown, say) must go on.
     async fn settle(&mut self) {
-        if let Some(applying) = self.applying.take() {
-            match applying.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "an earlier reload did not finish applying"),
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => {}
+        let Some(applying) = self.applying.as_mut() else { return };
+        let outcome = applying.await;
+        self.applying = None;
+        let outcome = match outcome {
+            Err(e) if e.is_panic() => {
+                error!("an earlier reload panicked while applying; its devices may be in part the old ones");
+                return;
             }
+            other => other,
+        };
+        if let Err(e) = self.applied(outcome) {
+            warn!(error = %e, "an earlier reload did not finish applying");
         }
+    }
+
+    /// Takes in what a reload's task did: a device it could not add leaves
+    /// the running config, so the next reload tries it again.
+    fn applied(
+        &mut self,
+        outcome: Result<Result<NotAdded, ReloadError>, actix_rt::task::JoinError>,
+    ) -> Result<(), ReloadError> {
+        let not_added = match outcome {
+            Ok(result) => result?,
+            Err(_) => return Err(ReloadError::Mailbox(actix::MailboxError::Closed)),
+        };
+        if not_added.is_empty() {
+            return Ok(());
+        }
+        self.config
+            .devices
+            .retain(|d| !not_added.iter().any(|(id, _)| *id == d.id));
+        Err(ReloadError::Devices(
+            not_added.into_iter().map(|(_, why)| why).collect(),
+        ))
     }
 }
 
@@ -120,7 +154,7 @@ impl Plan {
         connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
         shared: StatusSource,
         plugins: Arc<PluginRegistry>,
-    ) -> Result<(), ReloadError> {
+    ) -> Result<NotAdded, ReloadError> {
         if let Some((link, registry_settings)) = self.relink {
             info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
             hand_over(connection, link, registry_settings, &shared).await?;
@@ -142,14 +176,19 @@ impl Plan {
             };
             shared.registry.send(replace).await??;
         }
+        let mut not_added = NotAdded::new();
         for device in &self.added {
             let add = AddDevice {
                 device: device.device(),
                 route: Route::Actor(actor(device).start()),
             };
-            shared.registry.send(add).await??;
+            // The others are still added: one clash must not strand them.
+            if let Err(e) = shared.registry.send(add).await? {
+                warn!(device_id = %device.id, error = %e, "reload: the device could not be added");
+                not_added.push((device.id.clone(), format!("device {:?}: {e}", device.id)));
+            }
         }
-        Ok(())
+        Ok(not_added)
     }
 }
 
@@ -423,7 +462,10 @@ impl Connector {
     ///
     /// Once checked, the config is applied in a task of its own that runs to
     /// its end even if this future is dropped (a caller's time-out); the next
-    /// reload or shutdown waits for it.
+    /// reload or shutdown waits for it. A device that cannot be added then
+    /// (the program registered its id meanwhile) does not stop the others; it
+    /// is named in the error and left out of the running config, so the next
+    /// reload tries it again.
     pub async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
         let mut running = self.running.lock().await;
         running.settle().await;
@@ -480,13 +522,13 @@ impl Connector {
         // caller waits for the task to finish applying it.
         running.config = new;
         running.applying = Some(actix_rt::spawn(apply));
-        let applied = running.applying.as_mut().expect("just set").await;
+        let outcome = running.applying.as_mut().expect("just set").await;
         running.applying = None;
-        match applied {
-            Ok(result) => result?,
+        let outcome = match outcome {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return Err(ReloadError::Mailbox(actix::MailboxError::Closed)),
-        }
+            other => other,
+        };
+        running.applied(outcome)?;
         info!(
             added = report.added.len(),
             removed = report.removed.len(),

@@ -407,6 +407,10 @@ async fn a_shutdown_or_reload_right_after_an_abandoned_one_waits_for_it() {
     .await;
     let reload = connector.reload(config_with(&sim, &max_frame_bytes(3_000_000), A));
     abandon(reload, async || !connector.stats().is_session_up()).await;
+    // One more dropped while it waits for that one: the hand-over under way
+    // must still be waited for by the shutdown.
+    let reload = connector.reload(config_with(&sim, &max_frame_bytes(4_000_000), A));
+    abandon(reload, async || true).await;
     connector.shutdown(DEADLINE).await;
     let open = sim.sessions().await;
     assert!(open.is_empty(), "a link outlived the shutdown: {open:?}");
@@ -449,6 +453,9 @@ mod exclusive {
 
     pub struct Exclusive {
         started: bool,
+        /// Its device's name, which each reload changes: the reply tells
+        /// which instance answered.
+        name: String,
     }
 
     impl DevicePlugin for Exclusive {
@@ -459,8 +466,8 @@ mod exclusive {
             Ok(())
         }
 
-        fn command(&mut self, command: &Message) -> Result<Reply, PluginError> {
-            Ok(Reply::body(command.payload.clone()))
+        fn command(&mut self, _: &Message) -> Result<Reply, PluginError> {
+            Ok(Reply::body(self.name.clone()))
         }
 
         fn stop(&mut self) {
@@ -470,8 +477,11 @@ mod exclusive {
         }
     }
 
-    pub fn factory(_: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
-        Ok(Box::new(Exclusive { started: false }))
+    pub fn factory(spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
+        Ok(Box::new(Exclusive {
+            started: false,
+            name: spec.device.name.clone(),
+        }))
     }
 }
 
@@ -492,10 +502,10 @@ async fn a_changed_device_never_runs_two_plugin_instances_at_once() {
             .unwrap();
         assert_eq!(report.changed, ["x"]);
         let reply = sim
-            .command_and_wait(&Command::new("x", "ping").body(i.to_string()), DEADLINE)
+            .command_and_wait(&Command::new("x", "ping"), DEADLINE)
             .await
-            .expect("the new instance answers");
-        assert_eq!(reply.message.body, i.to_string());
+            .expect("a reply");
+        assert_eq!(reply.message.body, format!("X{i}"), "the new instance answers");
     }
     connector.shutdown(DEADLINE).await;
     assert_eq!(exclusive::MOST.load(std::sync::atomic::Ordering::SeqCst), 1);
