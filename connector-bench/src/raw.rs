@@ -10,6 +10,11 @@ use std::sync::Arc;
 
 use connector_core::codec::encode_message;
 use connector_core::Message;
+use connector_runtime::device::unix_now;
+use platform_sim::wire::encode_masked;
+
+/// The opcode of a text frame.
+const TEXT: u8 = 0x1;
 
 /// Frames per socket write, as the runtime's writer.
 const BATCH: usize = 512;
@@ -39,7 +44,12 @@ impl RawClient {
             return Err(std::io::Error::other("the simulator refused the WebSocket upgrade"));
         }
         let mut frame = Vec::new();
-        encode_masked(&mut frame, br#"{"user":"","pw":""}"#, 0x5a17_c0de);
+        encode_masked(
+            &mut frame,
+            TEXT,
+            br#"{"user":"","pw":""}"#,
+            0x5a17_c0de_u32.to_be_bytes(),
+        );
         stream.write_all(&frame)?;
         Ok(RawClient { stream })
     }
@@ -57,7 +67,7 @@ impl RawClient {
                 let message = Message::event(devices[i].as_str(), crate::pump::ENDPOINT, crate::pump::BODY);
                 let text = encode_message(&message, now);
                 mask = mask.wrapping_mul(2_654_435_761).wrapping_add(1);
-                encode_masked(&mut buffer, text.as_bytes(), mask);
+                encode_masked(&mut buffer, TEXT, text.as_bytes(), mask.to_be_bytes());
                 i = if i + 1 == devices.len() { 0 } else { i + 1 };
             }
             self.stream.write_all(&buffer)?;
@@ -78,43 +88,4 @@ pub fn spawn_blast(
         .name("raw-baseline".to_owned())
         .spawn(move || client.blast(&devices, &stop, &sent))
         .expect("raw thread starts")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Appends one final, masked text frame (RFC 6455, 5.2).
-fn encode_masked(out: &mut Vec<u8>, payload: &[u8], mask: u32) {
-    let mask = mask.to_be_bytes();
-    out.push(0x81);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::encode_masked;
-
-    #[test]
-    fn a_masked_frame_unmasks_to_its_payload() {
-        let mut out = Vec::new();
-        encode_masked(&mut out, b"change:{}", 0x0102_0304);
-        assert_eq!(&out[..2], &[0x81, 0x80 | 9]);
-        let mask = &out[2..6];
-        let text: Vec<u8> = out[6..].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
-        assert_eq!(text, b"change:{}");
-    }
 }

@@ -8,6 +8,8 @@
 //!   lenient the way section 4 asks (unknown keys ignored, missing keys empty,
 //!   `time` a string or a number).
 //! - [`command_frame`] writes the JSON command frame of section 4.
+//! - [`encode_masked`] writes a client's WebSocket frame, for tests and
+//!   benchmarks that speak raw WebSocket to the simulator.
 //! - [`RegistrationBody`] and [`UnregistrationBody`] are section 6 bodies.
 
 use serde::{Deserialize, Serialize};
@@ -236,9 +238,52 @@ pub fn excerpt(text: &str, max: usize) -> &str {
     }
 }
 
+/// Appends one final, masked frame as a client sends it (RFC 6455, 5.2),
+/// written independently of actix's codec so that tests check the
+/// simulator against the RFC rather than against itself.
+pub fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_masked_frame_unmasks_to_its_payload() {
+        for len in [9, 126, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            encode_masked(&mut out, 0x1, &payload, [1, 2, 3, 4]);
+            assert_eq!(out[0], 0x81);
+            let (header, len_field) = match len {
+                9 => (2, 9),
+                126 => (4, 0x80 | 126),
+                _ => (10, 0x80 | 127),
+            };
+            assert_eq!(out[1] & 0x7f, len_field & 0x7f, "length {len}");
+            assert_eq!(out[1] & 0x80, 0x80, "masked");
+            let mask = &out[header..header + 4];
+            let text: Vec<u8> = out[header + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(text, payload, "length {len}");
+        }
+    }
 
     #[test]
     fn classify_sorts_frames_by_prefix() {
