@@ -19,6 +19,8 @@
 //! restart the connector for those. `metrics` and logging settings in a
 //! reloaded file are ignored (with a warning) until a restart.
 
+use std::collections::HashMap;
+
 use connector_core::config::{Config, ConfigError, DeviceConfig};
 
 /// Why a reload was refused; the running devices stay as they were.
@@ -82,16 +84,21 @@ pub struct DeviceDiff<'a> {
 
 /// Compares two device lists by id (see the module docs).
 pub fn diff<'a>(old: &'a [DeviceConfig], new: &'a [DeviceConfig]) -> DeviceDiff<'a> {
-    let find = |list: &'a [DeviceConfig], id: &str| list.iter().find(|d| d.id == id);
+    // Indexed by id: a gateway may have 100,000 devices, and a search of one
+    // list per entry of the other would be quadratic.
+    let by_id = |list: &'a [DeviceConfig]| -> HashMap<&'a str, &'a DeviceConfig> {
+        list.iter().map(|d| (d.id.as_str(), d)).collect()
+    };
+    let (old_by_id, new_by_id) = (by_id(old), by_id(new));
     let mut diff = DeviceDiff::default();
     for device in new {
-        match find(old, &device.id) {
+        match old_by_id.get(device.id.as_str()) {
             None => diff.added.push(device),
             Some(before) if !same_device(before, device) => diff.changed.push(device),
             Some(_) => {}
         }
     }
-    diff.removed = old.iter().filter(|d| find(new, &d.id).is_none()).collect();
+    diff.removed = old.iter().filter(|d| !new_by_id.contains_key(d.id.as_str())).collect();
     diff
 }
 
