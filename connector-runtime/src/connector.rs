@@ -133,7 +133,8 @@ impl Running {
 /// A checked reload, to be applied by a task of its own.
 struct Plan {
     relink: Option<(LinkSettings, RegistrySettings)>,
-    removed: Vec<DeviceConfig>,
+    /// Ids: a removed device needs no more than that.
+    removed: Vec<String>,
     changed: Vec<DeviceConfig>,
     added: Vec<DeviceConfig>,
 }
@@ -143,7 +144,7 @@ impl Plan {
         let ids = |list: &[DeviceConfig]| list.iter().map(|d| d.id.clone()).collect();
         ReloadReport {
             added: ids(&self.added),
-            removed: ids(&self.removed),
+            removed: self.removed.clone(),
             changed: ids(&self.changed),
             reconnected: self.relink.is_some(),
         }
@@ -159,9 +160,9 @@ impl Plan {
             info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
             hand_over(connection, link, registry_settings, &shared).await?;
         }
-        for device in &self.removed {
-            if let Err(e) = shared.registry.send(RemoveDevice { id: device.id.clone() }).await? {
-                warn!(device_id = %device.id, error = %e, "reload: the device was not running");
+        for id in self.removed {
+            if let Err(e) = shared.registry.send(RemoveDevice { id: id.clone() }).await? {
+                warn!(device_id = %id, error = %e, "reload: the device was not running");
             }
         }
         let actor = |device: &DeviceConfig| {
@@ -492,11 +493,17 @@ impl Connector {
         let diff = reload::diff(&old.devices, &new.devices);
         // The program may have registered an id the file now adds: refused
         // here, before anything changes, rather than half-way through.
-        let devices = self.shared.devices().await;
+        // A set: a reload may add 100,000 devices to as many running ones.
+        let program: std::collections::HashSet<String> = if diff.added.is_empty() {
+            Default::default()
+        } else {
+            let devices = self.shared.devices().await;
+            devices.into_iter().filter(|r| r.program).map(|r| r.device.id).collect()
+        };
         let taken: Vec<String> = diff
             .added
             .iter()
-            .filter(|d| devices.iter().any(|r| r.program && r.device.id == d.id))
+            .filter(|d| program.contains(&d.id))
             .map(|d| {
                 let spec = DeviceSpec::from_config(d);
                 format!(
@@ -512,7 +519,7 @@ impl Connector {
         let owned = |list: &[&DeviceConfig]| list.iter().map(|d| (*d).clone()).collect::<Vec<_>>();
         let plan = Plan {
             relink,
-            removed: owned(&diff.removed),
+            removed: diff.removed.iter().map(|d| d.id.clone()).collect(),
             changed: owned(&diff.changed),
             added: owned(&diff.added),
         };
