@@ -52,6 +52,12 @@ pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
 pub const DEFAULT_BUFFER_MAX_FRAMES: usize = 100_000;
 /// Most bytes kept while disconnected: 64 MiB.
 pub const DEFAULT_BUFFER_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// How long a device has to answer a command before the platform gets an
+/// error reply instead: 30 s.
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
+/// Most threads running plugin calls at once: this many devices may block
+/// at the same time before a further blocking call waits for a thread.
+pub const DEFAULT_PLUGIN_THREADS: usize = 64;
 
 /// Overrides `platform.lookup_url`.
 pub const ENV_LOOKUP_URL: &str = "CONNECTOR_LOOKUP_URL";
@@ -68,7 +74,7 @@ pub const ENV_PASSWORD: &str = "CONNECTOR_PASSWORD";
 const ENVIRONMENT: &str = "environment";
 
 /// Everything the connector is configured with: the whole `connector.yaml`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How to reach and log in to the platform.
@@ -84,8 +90,27 @@ pub struct Config {
     /// Plugin libraries to load. [`Config::load`] resolves relative paths
     /// against the config file's directory. Default: none.
     pub plugins: Vec<PathBuf>,
+    /// Most threads running plugin calls (`create`, `start`, `command`,
+    /// `stop`) at once, none of them the platform link's. Threads are made
+    /// as needed and end after a while unused. Default:
+    /// [`DEFAULT_PLUGIN_THREADS`].
+    pub plugin_threads: usize,
     /// The devices this connector represents. Default: none.
     pub devices: Vec<DeviceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            platform: PlatformConfig::default(),
+            log_level: LogLevel::default(),
+            log_format: LogFormat::default(),
+            metrics: MetricsConfig::default(),
+            plugins: Vec::new(),
+            plugin_threads: DEFAULT_PLUGIN_THREADS,
+            devices: Vec::new(),
+        }
+    }
 }
 
 /// The `metrics:` section: Prometheus metrics, a health check and the
@@ -268,6 +293,10 @@ pub struct DeviceConfig {
     /// Default: `{}`.
     #[serde(deserialize_with = "yaml::settings")]
     pub settings: serde_json::Value,
+    /// How long the device has to answer a command; past it the platform
+    /// gets an error reply naming the device and the deadline. Default:
+    /// [`DEFAULT_COMMAND_TIMEOUT_MS`].
+    pub command_timeout_ms: u64,
     /// 1-based line of this entry in the file it was read from, for error
     /// messages about it; `None` when not read from a file.
     #[serde(skip)]
@@ -282,6 +311,7 @@ impl Default for DeviceConfig {
             name: String::new(),
             plugin: String::new(),
             settings: serde_json::Value::Object(serde_json::Map::new()),
+            command_timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
             line: None,
         }
     }
@@ -663,6 +693,10 @@ impl Config {
             ));
         }
 
+        if self.plugin_threads == 0 {
+            issues.push(Issue::new(vec![Seg::key("plugin_threads")], "must be greater than 0"));
+        }
+
         for (index, plugin) in self.plugins.iter().enumerate() {
             if plugin.as_os_str().is_empty() {
                 issues.push(Issue::new(
@@ -696,6 +730,9 @@ impl Config {
                     field("plugin"),
                     "missing or empty; name the plugin that drives this device",
                 ));
+            }
+            if device.command_timeout_ms == 0 {
+                issues.push(Issue::new(field("command_timeout_ms"), "must be greater than 0"));
             }
         }
         issues

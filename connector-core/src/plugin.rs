@@ -127,6 +127,16 @@ pub struct DeviceSpec {
     /// Where the entry stands, for error messages (`connector.yaml:12`).
     #[serde(default)]
     pub origin: Option<String>,
+    /// How long the platform waits for this device's answer to a command
+    /// (`command_timeout_ms`): past it, the runtime answers with an error and
+    /// drops the plugin's late answer. A plugin doing I/O per command may
+    /// bound its own waits by it.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_command_timeout_ms() -> u64 {
+    crate::config::DEFAULT_COMMAND_TIMEOUT_MS
 }
 
 impl DeviceSpec {
@@ -136,6 +146,7 @@ impl DeviceSpec {
             plugin: String::new(),
             settings: serde_json::Value::Object(Default::default()),
             origin: None,
+            command_timeout_ms: default_command_timeout_ms(),
         }
     }
 
@@ -153,6 +164,16 @@ impl DeviceSpec {
         &self.device.id
     }
 
+    pub fn with_command_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.command_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// [`command_timeout_ms`](Self::command_timeout_ms) as a duration.
+    pub fn command_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.command_timeout_ms)
+    }
+
     /// The spec of a device declared in `connector.yaml`.
     pub fn from_config(config: &crate::config::DeviceConfig) -> Self {
         DeviceSpec {
@@ -160,6 +181,7 @@ impl DeviceSpec {
             plugin: config.plugin.clone(),
             settings: config.settings.clone(),
             origin: config.line.map(|line| format!("declared at line {line}")),
+            command_timeout_ms: config.command_timeout_ms,
         }
     }
 
@@ -277,10 +299,92 @@ impl EventSink {
     }
 }
 
-/// A device driver. One instance drives one device, inside its own actor, so
-/// `&mut self` needs no locking. Methods run on the runtime's threads: return
-/// quickly, and move slow polling to a thread of your own that emits through
-/// the [`EventSink`].
+/// What a [`Responder`] is given: the reply, or why there is none.
+pub type CommandResult = Result<Reply, PluginError>;
+
+type RespondFn = dyn FnOnce(CommandResult) + Send;
+
+/// The answer to one command, to be given later and from any thread: what
+/// [`DevicePlugin::command_deferred`] gets. Answer it once with
+/// [`send`](Self::send); a responder dropped unanswered answers the platform
+/// with an error, so no task waits forever (one dropped while its thread
+/// panics leaves the answer to the runtime, which reports the panic). An
+/// answer after the device's `command_timeout` is logged, counted and
+/// dropped: the platform already has the deadline's error.
+pub struct Responder {
+    respond: Option<Box<RespondFn>>,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("answered", &self.respond.is_none())
+            .finish()
+    }
+}
+
+impl Responder {
+    /// A responder that hands the answer to `respond`; the runtime builds these.
+    pub fn new(respond: impl FnOnce(CommandResult) + Send + 'static) -> Self {
+        Responder {
+            respond: Some(Box::new(respond)),
+        }
+    }
+
+    /// A responder feeding a channel, for tests and for driving a plugin by hand.
+    pub fn channel() -> (Responder, mpsc::Receiver<CommandResult>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Responder::new(move |result| {
+                let _ = tx.send(result);
+            }),
+            rx,
+        )
+    }
+
+    /// Answers the command.
+    pub fn send(mut self, result: CommandResult) {
+        if let Some(respond) = self.respond.take() {
+            respond(result);
+        }
+    }
+
+    /// Answers the command with a reply.
+    pub fn reply(self, reply: Reply) {
+        self.send(Ok(reply));
+    }
+
+    /// Answers the command with an error.
+    pub fn error(self, error: impl Into<String>) {
+        self.send(Err(PluginError::new(error)));
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(respond) = self.respond.take() {
+            if !std::thread::panicking() {
+                respond(Err(PluginError::new(
+                    "the plugin dropped the command without answering it",
+                )));
+            }
+        }
+    }
+}
+
+/// A device driver. One instance drives one device; the runtime calls it one
+/// call at a time, so `&mut self` needs no locking.
+///
+/// # Threads
+/// Every call (`create` of its factory, `start`, `command`, `stop`, drop)
+/// runs on the runtime's plugin pool, never on the thread that talks to the
+/// platform. A call may block (a device's HTTP API, a serial read): it holds
+/// up this device's next command and one pool thread, nothing else. A
+/// command not answered within the device's `command_timeout_ms` gets the
+/// platform an error reply. A device that answers from a thread of its own
+/// (a serial port's worker) implements [`command_deferred`](Self::command_deferred)
+/// instead and answers through the [`Responder`]; one that awaits I/O can be
+/// an [`AsyncDevicePlugin`] instead.
 pub trait DevicePlugin: Send + 'static {
     /// The device starts (also after a restart). Keep the sink to emit events.
     fn start(&mut self, events: EventSink) -> Result<(), PluginError> {
@@ -290,10 +394,56 @@ pub trait DevicePlugin: Send + 'static {
 
     /// A command for this device: endpoint, header, body and the rest of the
     /// message. The reply goes back to the platform with the command's task id.
-    fn command(&mut self, command: &Message) -> Result<Reply, PluginError>;
+    ///
+    /// A plugin that implements [`command_deferred`](Self::command_deferred)
+    /// need not implement this one.
+    fn command(&mut self, command: &Message) -> Result<Reply, PluginError> {
+        Err(PluginError::new(format!(
+            "the plugin does not handle commands (endpoint {:?})",
+            command.endpoint
+        )))
+    }
+
+    /// A command to answer through `reply`, now or later and from any thread.
+    /// The next command comes as soon as this returns, so a plugin that keeps
+    /// responders answers several commands at once; each answer keeps its own
+    /// command's task id. The default answers with [`command`](Self::command).
+    fn command_deferred(&mut self, command: &Message, reply: Responder) {
+        reply.send(self.command(command));
+    }
 
     /// The device stops; stop threads and timers started in `start`.
     fn stop(&mut self) {}
+}
+
+/// A boxed future that need not be `Send`, as [`AsyncDevicePlugin`] returns.
+pub type LocalFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// A device driver that awaits I/O instead of blocking: for a device behind
+/// a REST API (with `connector_core::http`) or another async client.
+///
+/// The runtime runs every async device on one thread of its own with an
+/// actix/tokio runtime, so an instance need not be `Send` (an `awc` client
+/// is not) and waits cost no thread. One device's commands are awaited one
+/// at a time, in order; different devices' overlap. Never block in these
+/// methods: that stalls every async device (a blocking device is a
+/// [`DevicePlugin`]). Registered with the runtime's `async_plugin`.
+pub trait AsyncDevicePlugin: 'static {
+    /// The device starts (also after a restart). Keep the sink to emit events;
+    /// a background task of the plugin's own may run with
+    /// `actix_rt::spawn` until `stop`.
+    fn start(&mut self, events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
+        let _ = events;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A command for this device; the reply goes back with its task id.
+    fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>>;
+
+    /// The device stops; end what `start` began.
+    fn stop(&mut self) -> LocalFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Makes plugins of one kind, named in the config's `plugin:` key.

@@ -14,9 +14,10 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{error, info, warn};
 
 use crate::connection::{ConnectionActor, LinkSettings, Shutdown};
-use crate::device::{enqueue, DeviceActor};
+use crate::device::{enqueue, DeviceActor, DeviceShared};
 use crate::lifecycle::{Events, Lifecycle, Stats};
 use crate::outbox::{Outbox, OutboxHandle};
+use crate::pool::PluginPool;
 use crate::registry::{
     AddDevice, DeviceStatus, ListDevices, RegistryActor, RegistryError, RegistrySettings, Relink, RemoveDevice,
     ReplaceDevice, Route, StopAll,
@@ -28,6 +29,9 @@ use crate::reload::{self, ReloadError, ReloadReport};
 const PROGRAM_QUEUE: usize = 10_000;
 /// How long a shutdown waits for the buffer to drain by default.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the plugins of a reload (or `--check`) may take to check every
+/// device's settings before the check is given up and the reload refused.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a connector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,13 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("the runtime stopped while starting: {0}")]
     Mailbox(#[from] MailboxError),
+    /// The threads for plugin calls could not be made.
+    #[error("cannot start the plugin pool ({threads} threads): {source}")]
+    Pool {
+        threads: usize,
+        #[source]
+        source: std::io::Error,
+    },
     /// The persistent outbox (`platform.buffer.path`) cannot be opened.
     #[error(transparent)]
     Buffer(#[from] crate::outbox::JournalError),
@@ -65,8 +76,9 @@ pub struct Connector {
     /// works through, and what [`Connector::status`] hands out.
     shared: StatusSource,
     commands: tokio::sync::Mutex<mpsc::Receiver<PlatformMessage>>,
-    /// The plugins devices are started with, also on a reload.
-    plugins: Arc<PluginRegistry>,
+    /// The plugins devices are started with (also on a reload), and the
+    /// pool their calls run on.
+    devices: Arc<DeviceShared>,
     /// The config and link running now; the lock keeps reloads one at a time.
     running: tokio::sync::Mutex<Running>,
 }
@@ -154,7 +166,7 @@ impl Plan {
         self,
         connection: Arc<std::sync::Mutex<Addr<ConnectionActor>>>,
         shared: StatusSource,
-        plugins: Arc<PluginRegistry>,
+        devices: Arc<DeviceShared>,
     ) -> Result<NotAdded, ReloadError> {
         if let Some((link, registry_settings)) = self.relink {
             info!(lookup_url = %connector_core::http::redact_userinfo(&link.lookup_url), "reload: the platform settings changed; reconnecting");
@@ -165,10 +177,7 @@ impl Plan {
                 warn!(device_id = %id, error = %e, "reload: the device was not running");
             }
         }
-        let actor = |device: &DeviceConfig| {
-            let spec = DeviceSpec::from_config(device);
-            DeviceActor::new(spec, plugins.clone(), shared.outbox.clone(), shared.events.clone())
-        };
+        let actor = |device: &DeviceConfig| DeviceActor::new(DeviceSpec::from_config(device), devices.clone());
         for device in &self.changed {
             // One step, so no command for the device finds its id missing.
             let replace = ReplaceDevice {
@@ -242,13 +251,22 @@ impl ConnectorBuilder {
         let events = Events::new();
         let outbox = open_outbox(&config.platform.buffer, &events)?;
         let (program_tx, program_rx) = mpsc::channel(PROGRAM_QUEUE);
+        let pool = PluginPool::new(config.plugin_threads).map_err(|source| StartError::Pool {
+            threads: config.plugin_threads,
+            source,
+        })?;
         let registry = RegistryActor::new(registry_settings, outbox.clone(), events.clone(), program_tx)
             .with_mailbox_capacity(device_mailbox)
             .start();
-        let plugins = Arc::new(plugins);
+        let devices = Arc::new(DeviceShared::new(
+            Arc::new(plugins),
+            outbox.clone(),
+            events.clone(),
+            Arc::new(pool),
+        ));
         for spec in specs {
             let device = spec.device.clone();
-            let actor = DeviceActor::new(spec, plugins.clone(), outbox.clone(), events.clone()).start();
+            let actor = DeviceActor::new(spec, devices.clone()).start();
             registry
                 .send(AddDevice {
                     device,
@@ -265,7 +283,7 @@ impl ConnectorBuilder {
                 events,
             },
             commands: tokio::sync::Mutex::new(program_rx),
-            plugins,
+            devices,
             running: tokio::sync::Mutex::new(Running {
                 config,
                 connection: Arc::new(std::sync::Mutex::new(connection)),
@@ -364,6 +382,38 @@ fn check_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Result<(), Strin
     plugins
         .check_settings(spec)
         .map_err(|e| format!("device {:?}{}: {e}", spec.id(), origin(spec)))
+}
+
+/// Runs `check` over `specs` in order (plugin code: a factory may block) and
+/// collects its problems, noting in `current` which device it is at, so that
+/// a check given up after a time-out can name it (see [`hung`]).
+fn check_all<F>(
+    specs: Vec<DeviceSpec>,
+    check: F,
+) -> (impl FnOnce() -> Vec<String> + Send, Arc<std::sync::Mutex<String>>)
+where
+    F: Fn(&DeviceSpec) -> Option<String> + Send + 'static,
+{
+    let current = Arc::new(std::sync::Mutex::new(String::new()));
+    let at = current.clone();
+    let job = move || {
+        specs
+            .iter()
+            .filter_map(|spec| {
+                *lock(&at) = format!("device {:?}{}", spec.id(), origin(spec));
+                check(spec)
+            })
+            .collect()
+    };
+    (job, current)
+}
+
+fn hung(current: &std::sync::Mutex<String>, limit: Duration) -> String {
+    format!(
+        "{}: its plugin did not finish checking the settings within {} s; the check was given up",
+        lock(current),
+        limit.as_secs()
+    )
 }
 
 /// The outgoing buffer: in memory, or on disk too when `buffer.path` is set,
@@ -473,11 +523,15 @@ impl Connector {
         let old = &running.config;
         new.validate()?;
         reload::check_sections(old, &new)?;
-        let problems: Vec<String> = new
-            .devices
-            .iter()
-            .filter_map(|device| check_plugin(&self.plugins, &DeviceSpec::from_config(device)).err())
-            .collect();
+        // On the plugin pool: plugin code never runs on the link's thread.
+        let specs = new.devices.iter().map(DeviceSpec::from_config).collect();
+        let plugins = self.devices.plugins.clone();
+        let (job, current) = check_all(specs, move |spec| check_plugin(&plugins, spec).err());
+        let problems = match tokio::time::timeout(CHECK_TIMEOUT, self.devices.pool.run(job)).await {
+            Ok(Ok(problems)) => problems,
+            Ok(Err(e)) => vec![format!("the settings check did not run: {e}")],
+            Err(_) => vec![hung(&current, CHECK_TIMEOUT)],
+        };
         if !problems.is_empty() {
             return Err(ReloadError::Devices(problems));
         }
@@ -524,7 +578,7 @@ impl Connector {
             added: owned(&diff.added),
         };
         let report = plan.report();
-        let apply = plan.apply(running.connection.clone(), self.shared.clone(), self.plugins.clone());
+        let apply = plan.apply(running.connection.clone(), self.shared.clone(), self.devices.clone());
         // From here on the new config is what runs, whether or not the
         // caller waits for the task to finish applying it.
         running.config = new;
@@ -587,6 +641,8 @@ impl Connector {
                 handover: false,
             })
             .await;
+        // A plugin hung in a call keeps its thread; nothing waits for it.
+        self.devices.pool.shut_down();
         info!("connector stopped");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`device`]: `DeviceActor`, one per device, supervising its plugin.
 //! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
 //! - [`outbox`]: the bounded, ordered outgoing buffer.
+//! - [`pool`]: the threads plugin calls run on, never the link's.
 //! - [`lifecycle`]: lifecycle events and counters.
 //! - [`metrics`]: `/metrics`, `/health` and `/devices` over HTTP (`metrics.listen`).
 
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod loader;
 pub mod metrics;
 pub mod outbox;
+pub mod pool;
 pub mod registry;
 pub mod reload;
 

@@ -91,6 +91,11 @@ pub struct Stats {
     pub registration_failures: AtomicU64,
     pub plugin_errors: AtomicU64,
     pub device_restarts: AtomicU64,
+    /// Commands a device did not answer within its `command_timeout_ms`;
+    /// each got the platform an error reply.
+    pub command_timeouts: AtomicU64,
+    /// Answers that came after their command's deadline, dropped.
+    pub late_replies: AtomicU64,
     /// Whether a session is up (handshake done, not yet lost or closing):
     /// a state, not a counter, for health checks and the `session_up` metric.
     pub session_up: AtomicBool,

@@ -14,7 +14,7 @@ use connector_core::config::Config;
 use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
-use connector_runtime::connector::DEFAULT_FLUSH_TIMEOUT;
+use connector_runtime::connector::{CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
 use connector_runtime::loader;
 use connector_runtime::metrics::MetricsServer;
 use connector_runtime::Connector;
@@ -41,7 +41,7 @@ static VERSION: LazyLock<String> =
 /// original client (CONNECTOR_LOOKUP_URL, CONNECTOR_DEVICE_REGISTRATION_PATH,
 /// CONNECTOR_HTTPS, CONNECTOR_USER, CONNECTOR_PASSWORD, LOGLEVEL), then the
 /// flags below, each overriding the one before.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "connector-runtime", version = VERSION.as_str())]
 struct Args {
     /// The connector.yaml to read; without it, defaults and environment only.
@@ -169,6 +169,7 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
     if let Err(e) = TlsSettings::load(config.platform.ca_file.as_deref()) {
         problems.push(format!("{}: {e}", place("platform.ca_file")));
     }
+    let mut settings = Vec::new();
     for (index, device) in config.devices.iter().enumerate() {
         if !plugins.contains(&device.plugin) {
             let known: Vec<&str> = plugins.names().collect();
@@ -181,11 +182,43 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
             ));
             continue;
         }
-        if let Err(e) = plugins.check_settings(&DeviceSpec::from_config(device)) {
-            problems.push(format!("{}: {e}", place(&format!("devices[{index}].settings"))));
-        }
+        settings.push((
+            place(&format!("devices[{index}].settings")),
+            DeviceSpec::from_config(device),
+        ));
     }
+    problems.extend(check_settings(plugins.clone(), settings));
     problems
+}
+
+/// Each device's settings, checked by its plugin on a thread of its own: a
+/// factory that hangs costs `--check` and a reload [`CHECK_TIMEOUT`], no more.
+fn check_settings(plugins: PluginRegistry, devices: Vec<(String, DeviceSpec)>) -> Vec<String> {
+    let current = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let at = current.clone();
+    let spawned = std::thread::Builder::new()
+        .name("settings-check".into())
+        .spawn(move || {
+            let problems: Vec<String> = devices
+                .iter()
+                .filter_map(|(place, spec)| {
+                    *at.lock().unwrap_or_else(|e| e.into_inner()) = format!("{place}: device {:?}", spec.id());
+                    plugins.check_settings(spec).err().map(|e| format!("{place}: {e}"))
+                })
+                .collect();
+            let _ = tx.send(problems);
+        });
+    if let Err(e) = spawned {
+        return vec![format!("cannot start the settings check: {e}")];
+    }
+    rx.recv_timeout(CHECK_TIMEOUT).unwrap_or_else(|_| {
+        let at = current.lock().unwrap_or_else(|e| e.into_inner());
+        vec![format!(
+            "{at}: its plugin did not finish checking the settings within {} s; the check was given up",
+            CHECK_TIMEOUT.as_secs()
+        )]
+    })
 }
 
 async fn run(mut config: Config, args: &Args) -> Result<(), String> {
@@ -226,9 +259,12 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
         .wait_for_shutdown(|| async {
             // The same checks as at start and `--check`; the embedded platform
             // stays where it is.
-            let mut new = match load_config(args) {
-                Ok(new) => new,
-                Err(message) => return error!("reload refused, the running config stays: {message}"),
+            // File reads, `dlopen` and plugin factories: off the link's thread.
+            let reading = args.clone();
+            let mut new = match actix_rt::task::spawn_blocking(move || load_config(&reading)).await {
+                Ok(Ok(new)) => new,
+                Ok(Err(message)) => return error!("reload refused, the running config stays: {message}"),
+                Err(e) => return error!("reload refused, the running config stays: reading the config failed: {e}"),
             };
             if let Some(started) = &embedded {
                 let platform = &mut new.platform;

@@ -110,6 +110,16 @@ impl Snapshot {
                     "Device plugins restarted after a failure.",
                     get(&stats.device_restarts),
                 ),
+                (
+                    "connector_command_timeouts_total",
+                    "Commands not answered within their device's command_timeout_ms.",
+                    get(&stats.command_timeouts),
+                ),
+                (
+                    "connector_late_replies_total",
+                    "Plugin answers that came after their command's deadline, dropped.",
+                    get(&stats.late_replies),
+                ),
             ],
             frames_sent: [
                 ("response", get(&stats.frames_sent_response)),
