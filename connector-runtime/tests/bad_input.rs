@@ -51,9 +51,8 @@ impl DevicePlugin for Slow {
 #[actix_rt::test]
 async fn a_flood_of_commands_gets_one_answer_each_and_the_mailbox_stays_bounded() {
     const FLOOD: usize = 2000;
-    // Small, so that the flood overruns it: the connection reads up to 16
-    // frames at a time, and on this one-thread test system a slow device
-    // also slows the reading, so a larger mailbox would never fill.
+    // Small, so that the flood overruns it: the device works its commands
+    // off on the plugin pool while the link reads on at full speed.
     const CAPACITY: usize = 4;
     let sim = simulator().await;
     let devices = format!("{ECHO_DEVICES}  - {{ id: slow-1, type: toy, name: Slow, plugin: slow }}\n");
