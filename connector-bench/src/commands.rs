@@ -164,7 +164,7 @@ fn drive(sim: &SimHandle, plan: Plan) -> CommandsResult {
 
 /// Keeps `window` commands unanswered, sending with `send_command` (no
 /// waiter) and reading the platform's `responses` counter.
-fn counted(sim: &SimHandle, commands: &[Command], window: usize, length: Duration) -> Counted {
+pub(crate) fn counted(sim: &SimHandle, commands: &[Command], window: usize, length: Duration) -> Counted {
     // Whatever an earlier phase left in flight is answered first.
     harness::wait_blocking(sim, Duration::from_millis(1), |c| c.responses >= c.commands_sent);
     let base = counters(sim).responses;
@@ -213,7 +213,7 @@ fn summarize(samples: &Samples) -> (Vec<Duration>, u64, Latency) {
 }
 
 /// `window` workers, each sending its next command once the last answered.
-async fn closed(sim: &SimHandle, commands: &Arc<Vec<Command>>, window: usize, length: Duration) -> Closed {
+pub(crate) async fn closed(sim: &SimHandle, commands: &Arc<Vec<Command>>, window: usize, length: Duration) -> Closed {
     let samples: Samples = Arc::default();
     let start = Instant::now();
     let deadline = start + length;

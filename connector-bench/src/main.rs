@@ -7,7 +7,7 @@
 //! - `harness`: the simulator on its own thread, configs, counters, memory.
 //! - `pump`: the `blast` plugin and the threads that emit its events.
 //! - `raw`: the raw baseline client.
-//! - `events`, `commands`, `scale`, `outage`: one scenario each.
+//! - `events`, `commands`, `scale`, `outage`, `slow`: one scenario each.
 //! - `report`: tables, JSON and the targets.
 
 mod commands;
@@ -18,6 +18,7 @@ mod pump;
 mod raw;
 mod report;
 mod scale;
+mod slow;
 
 /// The same allocator as the `connector-runtime` binary, so the figures are
 /// the binary's.
@@ -68,6 +69,8 @@ enum Scenario {
     },
     /// Reconnect time and losses while the platform drops the session.
     Outage,
+    /// Echo round trips beside devices that block 2 s; 1,000 devices blocking 20 ms each.
+    SlowDevices,
     /// Every scenario with its default counts.
     All,
     /// (internal) the runtime side of `scale`, in a process of its own.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         scale: Vec::new(),
         scale_failures: Vec::new(),
         outage: None,
+        slow: None,
         targets: Vec::new(),
     };
     let default_events = if smoke { vec![1, 10] } else { vec![1, 100, 10_000] };
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
     } else {
         vec![10_000, 100_000]
     };
+    let slow = matches!(cli.scenario, Scenario::SlowDevices | Scenario::All);
     let (events, commands, scale, outage, pump_threads, window) = match cli.scenario {
         Scenario::ScaleChild { devices, lookup } => {
             scale::child(devices, lookup);
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         Scenario::Commands { window } => (vec![], true, vec![], false, 1, window),
         Scenario::Scale { devices } => (vec![], false, or(devices, &default_scale), false, 1, None),
         Scenario::Outage => (vec![], false, vec![], true, 1, None),
+        Scenario::SlowDevices => (vec![], false, vec![], false, 1, None),
         Scenario::All => (default_events, true, default_scale, true, 1, None),
     };
     for n in events {
@@ -137,6 +143,10 @@ fn main() -> ExitCode {
     if outage {
         eprintln!("outage ...");
         report.outage = Some(outage::run(outage::Plan::scaled(smoke)));
+    }
+    if slow {
+        eprintln!("slow-devices ...");
+        report.slow = Some(slow::run(slow::Plan::scaled(smoke)));
     }
     report.evaluate();
     report.print();

@@ -8,6 +8,7 @@ use crate::events::EventsResult;
 use crate::harness::Machine;
 use crate::outage::OutageResult;
 use crate::scale::ScaleResult;
+use crate::slow::SlowResult;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -20,6 +21,7 @@ pub struct Report {
     /// Scale runs that did not finish, with why.
     pub scale_failures: Vec<String>,
     pub outage: Option<OutageResult>,
+    pub slow: Option<SlowResult>,
     pub targets: Vec<Target>,
 }
 
@@ -47,6 +49,10 @@ impl Report {
         let pipelined = self.commands.as_ref().map(|c| c.pipelined.responses_per_s);
         let ready = scale100k.map(|s| s.ready_ms / 1e3);
         let per_device = scale100k.map(|s| s.per_device_bytes);
+        let slow = self.slow.as_ref();
+        let slow_ratio = slow.map(|s| s.p99_ratio);
+        let slow_drops = slow.map(|s| s.link_drops as f64);
+        let slow_unanswered = slow.map(|s| s.unanswered as f64);
         self.targets = vec![
             Target {
                 name: "events ratio, 100 devices",
@@ -83,6 +89,24 @@ impl Report {
                 goal: "<= 2048",
                 value: per_device,
                 met: per_device.map(|v| v <= 2048.0),
+            },
+            Target {
+                name: "echo p99 beside blocked devices / alone",
+                goal: "<= 1.2",
+                value: slow_ratio,
+                met: slow_ratio.map(|v| v <= 1.2),
+            },
+            Target {
+                name: "link drops beside blocked devices",
+                goal: "0",
+                value: slow_drops,
+                met: slow_drops.map(|v| v == 0.0),
+            },
+            Target {
+                name: "unanswered commands beside blocked devices",
+                goal: "0",
+                value: slow_unanswered,
+                met: slow_unanswered.map(|v| v == 0.0),
             },
         ];
     }
@@ -182,6 +206,30 @@ impl Report {
                 o.lost,
                 o.accepted_while_down,
                 o.lost_accepted_while_down
+            );
+        }
+        if let Some(s) = &self.slow {
+            println!(
+                "\nslow-devices ({} echo devices, each command awaited; {} neighbours blocking {:.0} ms per command)",
+                s.echo_devices, s.slow_devices, s.slow_block_ms
+            );
+            println!("| echo devices | p50 us | p99 us | p99.9 us |");
+            println!("|---|---:|---:|---:|");
+            for (name, l) in [("alone", &s.alone), ("beside the blocked devices", &s.beside_slow)] {
+                println!("| {name} | {:.0} | {:.0} | {:.0} |", l.p50_us, l.p99_us, l.p999_us);
+            }
+            println!(
+                "p99 ratio {:.2}; {} commands to the blocked devices; link drops {}; unanswered {}",
+                s.p99_ratio, s.slow_commands, s.link_drops, s.unanswered
+            );
+            println!(
+                "| devices blocking {:.0} ms | pool threads | commands/s | ideal/s | share of ideal |",
+                s.many_block_ms
+            );
+            println!("|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.2} |",
+                s.many_devices, s.pool_threads, s.many_per_s, s.ideal_per_s, s.share_of_ideal
             );
         }
         if !self.targets.is_empty() {
