@@ -51,7 +51,13 @@ fn all_smoke_runs_every_scenario_and_writes_positive_figures() {
         positive(&report, &format!("/commands/{mode}/responses_per_s"));
         positive(&report, &format!("/commands/{mode}/latency/p99_us"));
     }
-    for key in ["alone/p99_us", "beside_slow/p99_us", "many_per_s", "ideal_per_s", "pool_threads"] {
+    for key in [
+        "alone/p99_us",
+        "beside_slow/p99_us",
+        "many_per_s",
+        "ideal_per_s",
+        "pool_threads",
+    ] {
         positive(&report, &format!("/slow/{key}"));
     }
     let paced = report["commands"]["paced"].as_array().expect("paced runs");

@@ -7,11 +7,13 @@
 //! used because it restarts for as long as an address exists and so cannot
 //! give up on a device.
 //!
-//! The actor lives on the link's thread but never runs plugin code there:
-//! it hands its plugin to the [`PluginPool`] with the commands waiting for
-//! it, one job at a time (so one device's calls stay in order), and gets it
-//! back when the job ends. Replies go from the pool straight to the outbox.
-//! Each command has a deadline (`command_timeout_ms`): the first of the
+//! The actor lives on the link's thread but never runs plugin code there.
+//! A command goes into its plugin instance's inbox; if the plugin is idle,
+//! a job on the [`PluginPool`] takes it and runs the inbox dry, one call at
+//! a time (so one device's calls stay in order), then puts the plugin back.
+//! Replies go from the pool straight to the outbox, and the link's thread
+//! hears from a job only when its plugin failed. Each command has a
+//! deadline (`command_timeout_ms`), kept by the actor: the first of the
 //! plugin's answer and the deadline's error reply wins, and the other is
 //! dropped and counted.
 
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use connector_core::backoff::Backoff;
 use connector_core::codec::{self, FrameKind};
 use connector_core::plugin::{
@@ -123,8 +126,10 @@ pub struct DeviceCommand(pub PlatformMessage, pub Slot);
 #[rtype(result = "()")]
 pub struct StopDevice;
 
-/// The plugin reported a failure outside a call ([`EventSink::report_failure`],
-/// e.g. its worker thread panicked): restart it as after a panic.
+/// The plugin failed: it panicked in a call, its creation or start failed
+/// (from the pool job), or it reported a failure outside a call
+/// ([`EventSink::report_failure`], e.g. its worker thread panicked). The
+/// device restarts after a back-off.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PluginFailed {
@@ -201,14 +206,15 @@ impl DeviceShared {
     }
 }
 
-/// One plugin instance's state, shared by the actor, the pool job that has
-/// the plugin and the instance's event sink.
+/// One plugin instance, shared by the actor, the pool job running it and
+/// its event sink.
 ///
-/// The plugin is either home (in `home.plugin`, idle) or out on a pool job.
-/// Retiring it takes it from home and stops it on the pool; if it is out,
-/// the job stops it when it ends instead of bringing it home. Both sides
-/// decide under the one lock, so a plugin is always stopped exactly once and
-/// never on the link's thread.
+/// The plugin is either home (idle, in `home.plugin`) or out with a job,
+/// which takes commands from the inbox until it is empty and then brings
+/// the plugin home. Retiring the instance takes what is in the inbox and
+/// stops the plugin: now on the pool if it is home, else by its job when the
+/// call it runs returns. Every hand-over happens under the one lock, so a
+/// plugin is stopped exactly once, never on the link's thread.
 struct Instance {
     /// Cleared on retirement; read without the lock by every event.
     accepting: AtomicBool,
@@ -218,108 +224,146 @@ struct Instance {
 #[derive(Default)]
 struct Home {
     plugin: Option<Box<dyn DevicePlugin>>,
-    /// A job has the plugin (or is creating it).
+    /// Commands for the plugin that no job has taken yet.
+    inbox: VecDeque<Arc<Pending>>,
+    /// A job runs: with the plugin, or making it.
     out: bool,
+    /// Not launched yet, but taking commands.
+    waiting: bool,
+    /// The launch waits for a predecessor to stop (see `DeviceActor::start_after`).
+    held: bool,
     retired: bool,
-    /// Retired and stopped and dropped (or never made).
+    /// Retired, and the plugin stopped and dropped (or never made).
     gone: bool,
     /// Whoever waits for `gone`.
     waiters: Vec<oneshot::Sender<()>>,
 }
 
+/// A pool job, boxed so that both kinds share one type.
+type Job = Box<dyn FnOnce() + Send>;
+
 impl Instance {
-    /// An instance whose plugin a launch job is about to create.
-    fn launching() -> Arc<Self> {
+    /// An instance that takes commands until it is launched.
+    fn waiting() -> Arc<Self> {
         Arc::new(Instance {
             accepting: AtomicBool::new(true),
             home: Mutex::new(Home {
-                out: true,
+                waiting: true,
+                ..Home::default()
+            }),
+        })
+    }
+
+    /// An instance without a plugin that takes nothing: between a failure
+    /// and the restart.
+    fn dead() -> Arc<Self> {
+        Arc::new(Instance {
+            accepting: AtomicBool::new(false),
+            home: Mutex::new(Home {
+                retired: true,
+                gone: true,
                 ..Home::default()
             }),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Home> {
-        // A panic while holding the lock happens in runtime code, never in a
-        // plugin's (plugins are called with the lock released).
+        // Plugins are called with the lock released, so a panic while it is
+        // held is the runtime's own; the state is still consistent.
         self.home.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the idle plugin for a job.
-    fn take_out(&self) -> Option<Box<dyn DevicePlugin>> {
+    /// Queues a command. The plugin, if it is home and so no job runs, is
+    /// returned for the caller to start one; `Err` gives the command back
+    /// when the instance takes none (restarting, failed, retired).
+    fn post(&self, pending: Arc<Pending>) -> Result<Option<Box<dyn DevicePlugin>>, Arc<Pending>> {
         let mut home = self.lock();
-        let plugin = home.plugin.take();
+        if home.retired || !(home.out || home.waiting || home.plugin.is_some()) {
+            return Err(pending);
+        }
+        home.inbox.push_back(pending);
+        let plugin = if home.out { None } else { home.plugin.take() };
         home.out |= plugin.is_some();
-        plugin
+        Ok(plugin)
     }
 
-    /// At a job's end, on the pool: back home, or stopped if it was retired
-    /// meanwhile. Whether it came home.
-    fn bring_home(&self, plugin: Box<dyn DevicePlugin>, device_id: &str) -> bool {
+    /// The launch job is about to make the plugin.
+    fn launching(&self) {
         let mut home = self.lock();
+        home.waiting = false;
+        home.held = false;
+        home.out = true;
+    }
+
+    /// On the pool: the next command for the plugin the job has, or `None`
+    /// once the inbox is empty, the plugin then home again (or stopped, if
+    /// the instance was retired meanwhile).
+    fn next(&self, plugin: &mut Option<Box<dyn DevicePlugin>>, device_id: &str) -> Option<Arc<Pending>> {
+        let mut home = self.lock();
+        if let Some(next) = home.inbox.pop_front() {
+            return Some(next);
+        }
         home.out = false;
         if home.retired {
             drop(home);
-            self.finish(Some(plugin), device_id);
-            false
+            self.finish(plugin.take(), device_id);
         } else {
-            home.plugin = Some(plugin);
-            true
+            home.plugin = plugin.take();
         }
+        None
     }
 
-    /// A job ends without a plugin to bring home (creating it failed).
-    fn came_back_empty(&self, device_id: &str) {
-        let mut home = self.lock();
-        home.out = false;
-        if home.retired {
-            drop(home);
-            self.finish(None, device_id);
-        }
-    }
-
-    /// On the pool, with the plugin a job has: retires the instance and
-    /// stops the plugin (after a panic in a call).
-    fn fail(&self, plugin: Box<dyn DevicePlugin>, device_id: &str) {
+    /// On the pool, after a failure of the plugin the job has (or could not
+    /// make): retires the instance, stops the plugin, and gives back what
+    /// waited in the inbox.
+    fn fail(&self, plugin: Option<Box<dyn DevicePlugin>>, device_id: &str) -> VecDeque<Arc<Pending>> {
         self.accepting.store(false, Ordering::Release);
-        {
+        let inbox = {
             let mut home = self.lock();
             home.out = false;
             home.retired = true;
-        }
-        self.finish(Some(plugin), device_id);
+            std::mem::take(&mut home.inbox)
+        };
+        self.finish(plugin, device_id);
+        inbox
     }
 
-    /// From the actor: no more events, and the plugin stopped on the pool, now
-    /// if it is home, else by the job that has it. The receiver fires once it
-    /// is gone.
-    fn retire(self: &Arc<Self>, pool: &PluginPool, device_id: &Arc<DeviceSpec>) -> oneshot::Receiver<()> {
+    /// From the actor: no more events or commands, and the plugin stopped on
+    /// the pool, now if it is home, else by its job. Returns the commands no
+    /// job took, and a receiver that fires once the plugin is gone.
+    fn retire(
+        self: &Arc<Self>,
+        pool: &PluginPool,
+        spec: &Arc<DeviceSpec>,
+    ) -> (VecDeque<Arc<Pending>>, oneshot::Receiver<()>) {
         self.accepting.store(false, Ordering::Release);
         let (tx, rx) = oneshot::channel();
         let mut home = self.lock();
         if home.gone {
             let _ = tx.send(());
-            return rx;
+            return (VecDeque::new(), rx);
         }
         home.waiters.push(tx);
+        let inbox = std::mem::take(&mut home.inbox);
         if home.retired {
-            return rx;
+            return (inbox, rx);
         }
         home.retired = true;
+        home.waiting = false;
         match home.plugin.take() {
             Some(plugin) => {
                 drop(home);
-                let (me, spec) = (self.clone(), device_id.clone());
+                let (me, spec) = (self.clone(), spec.clone());
                 // Not awaited: the receiver tells when it is done.
                 drop(pool.run(move || me.finish(Some(plugin), spec.id())));
             }
             None if !home.out => {
                 drop(home);
-                self.finish(None, device_id.id());
+                self.finish(None, spec.id());
             }
-            None => {} // the job that has it stops it
+            None => {} // its job stops it
         }
-        rx
+        (inbox, rx)
     }
 
     /// Stops and drops a retired plugin (on the pool), containing any
@@ -346,7 +390,7 @@ impl Instance {
 }
 
 /// One command from its arrival to its answer, shared by the actor (for the
-/// deadline) and the plugin's [`Responder`].
+/// deadline), the instance's inbox and the plugin's [`Responder`].
 struct Pending {
     command: PlatformMessage,
     deadline: Instant,
@@ -418,18 +462,19 @@ impl Pending {
     }
 }
 
-/// A device's commands while any are unanswered, and whether a pool job has
-/// the plugin. Boxed and made only while there is work: an idle device pays
-/// for a pointer.
+fn refuse_each(pending: impl IntoIterator<Item = Arc<Pending>>, reason: &str, shared: &DeviceShared) {
+    for pending in pending {
+        pending.refuse(reason, shared);
+    }
+}
+
+/// A device's unanswered commands, for their deadlines. Boxed and made only
+/// while there are any: an idle device pays for a pointer.
 #[derive(Default)]
 struct Work {
-    /// A job has the plugin (running commands, or creating and starting it).
-    busy: bool,
-    /// Every unanswered command, in arrival order and so in deadline order
-    /// (one device has one timeout). Answered ones leave from the front.
+    /// In arrival order and so in deadline order (one device has one
+    /// timeout); answered ones leave from the front.
     pending: VecDeque<Arc<Pending>>,
-    /// How many at the front of `pending` were given to the plugin.
-    handed: usize,
     /// The deadline timer of the front command.
     timer: Option<SpawnHandle>,
 }
@@ -439,25 +484,8 @@ impl Work {
     fn settle(&mut self) {
         while self.pending.front().is_some_and(|p| p.is_answered()) {
             self.pending.pop_front();
-            self.handed = self.handed.saturating_sub(1);
         }
     }
-
-    fn is_done(&self) -> bool {
-        !self.busy && self.pending.is_empty()
-    }
-}
-
-/// How a pool job ended.
-enum JobEnd {
-    /// The plugin is home again.
-    Home,
-    /// The device was retired meanwhile; the job stopped the plugin.
-    Retired,
-    /// Creating or starting the plugin failed.
-    StartFailed(String),
-    /// The plugin panicked in a command; the job answered it and stopped the plugin.
-    Panicked(String),
 }
 
 /// Drives one device's plugin; see the module docs.
@@ -470,7 +498,7 @@ pub struct DeviceActor {
     /// Made on the first failure: most devices never fail, and every byte of
     /// this struct is paid once per device (100,000 on a big gateway).
     restarts: Option<Box<Restarts>>,
-    /// Made while commands are unanswered or a job has the plugin.
+    /// Made while commands are unanswered.
     work: Option<Box<Work>>,
 }
 
@@ -486,13 +514,10 @@ struct Restarts {
 impl DeviceActor {
     /// `spec` may be a `DeviceSpec` or one already shared.
     pub fn new(spec: impl Into<Arc<DeviceSpec>>, shared: Arc<DeviceShared>) -> Self {
-        let instance = Instance::launching();
-        // Not launched yet: nothing to stop if it never is.
-        instance.lock().out = false;
         DeviceActor {
             spec: spec.into(),
             shared,
-            instance,
+            instance: Instance::waiting(),
             restarts: None,
             work: None,
         }
@@ -505,20 +530,15 @@ impl DeviceActor {
     /// meanwhile, each with its deadline.
     pub fn start_after(self, predecessor: impl std::future::Future<Output = ()> + 'static) -> Addr<Self> {
         DeviceActor::create(move |ctx| {
-            let mut actor = self;
-            // `started` sees the work and leaves the launch to this future.
-            actor.work_mut().busy = true;
             ctx.spawn(actix::fut::wrap_future(predecessor).map(|(), act: &mut Self, ctx| act.launch(ctx)));
-            actor
+            // Tells `started` that the launch is taken care of.
+            self.instance.lock().held = true;
+            self
         })
     }
 
     fn id(&self) -> &str {
         self.spec.id()
-    }
-
-    fn work_mut(&mut self) -> &mut Work {
-        self.work.get_or_insert_with(Box::default)
     }
 
     fn sink(&self, ctx: &Context<Self>) -> EventSink {
@@ -533,156 +553,48 @@ impl DeviceActor {
             Ok(())
         })
         .on_failure(move |reason| {
-            if let Some(actor) = actor.upgrade().filter(|_| failed.accepting.load(Ordering::Acquire)) {
-                actor.do_send(PluginFailed {
-                    instance: failed.clone(),
-                    reason,
-                });
+            if failed.accepting.load(Ordering::Acquire) {
+                report(&actor, &failed, format!("reported a failure: {reason}"));
             }
         })
     }
 
-    /// Creates and starts the plugin on the pool; commands arriving
-    /// meanwhile wait. A failure or panic schedules a restart.
+    /// Creates and starts the plugin on the pool, then runs what waits in
+    /// its inbox; a failure or panic schedules a restart.
     fn launch(&mut self, ctx: &mut Context<Self>) {
-        self.instance = Instance::launching();
-        self.work_mut().busy = true;
+        let fresh = {
+            let home = self.instance.lock();
+            home.waiting && !home.retired
+        };
+        if !fresh {
+            self.instance = Instance::waiting();
+        }
+        self.instance.launching();
         let sink = self.sink(ctx);
         let (shared, spec, instance) = (self.shared.clone(), self.spec.clone(), self.instance.clone());
-        let job = self.shared.pool.run(move || {
+        let actor = ctx.address().downgrade();
+        let job: Job = Box::new(move || {
             let started = catch_unwind(AssertUnwindSafe(|| {
                 let mut plugin = shared.plugins.create(&spec)?;
                 plugin.start(sink)?;
                 Ok::<_, PluginError>(plugin)
             }));
-            match started {
+            let reason = match started {
                 Ok(Ok(plugin)) => {
-                    if instance.bring_home(plugin, spec.id()) {
-                        JobEnd::Home
-                    } else {
-                        JobEnd::Retired
-                    }
-                }
-                Ok(Err(e)) => {
-                    instance.came_back_empty(spec.id());
-                    JobEnd::StartFailed(format!("start failed: {e}"))
-                }
-                Err(panic) => {
-                    instance.came_back_empty(spec.id());
-                    JobEnd::StartFailed(format!("panicked on start: {}", panic_text(&panic)))
-                }
-            }
-        });
-        let instance = self.instance.clone();
-        ctx.spawn(actix::fut::wrap_future(job).map(move |end, act: &mut Self, ctx| {
-            if !Arc::ptr_eq(&instance, &act.instance) {
-                return;
-            }
-            match end {
-                Ok(JobEnd::Home) => {
-                    info!(device_id = %act.id(), plugin = %act.spec.plugin, "device started");
-                    act.shared.events.publish(Lifecycle::DeviceStarted {
-                        device: act.id().to_owned(),
+                    info!(device_id = %spec.id(), plugin = %spec.plugin, "device started");
+                    shared.events.publish(Lifecycle::DeviceStarted {
+                        device: spec.id().to_owned(),
                     });
-                    act.job_done(ctx);
+                    return run_inbox(plugin, &instance, &shared, &spec, &actor);
                 }
-                Ok(JobEnd::StartFailed(reason)) => act.crashed(reason, ctx),
-                Ok(JobEnd::Retired | JobEnd::Panicked(_)) => {}
-                Err(e) => act.crashed(format!("start failed: {e}"), ctx),
-            }
-        }));
-    }
-
-    /// Gives the plugin the commands it has not seen yet, in one pool job.
-    fn run_commands(&mut self, plugin: Box<dyn DevicePlugin>, ctx: &mut Context<Self>) {
-        let work = self.work.get_or_insert_with(Box::default);
-        let batch: Vec<Arc<Pending>> = work.pending.iter().skip(work.handed).cloned().collect();
-        work.handed = work.pending.len();
-        work.busy = true;
-        let (shared, spec, instance) = (self.shared.clone(), self.spec.clone(), self.instance.clone());
-        let job = self.shared.pool.run(move || {
-            let mut plugin = plugin;
-            let mut batch = batch.into_iter();
-            while let Some(pending) = batch.next() {
-                if !instance.accepting.load(Ordering::Acquire) {
-                    // Retired meanwhile (a stop, or a failure reported by the
-                    // plugin's own thread): the rest is not run.
-                    let reason = format!(
-                        "device {} is stopping or restarting; the command was not run",
-                        spec.id()
-                    );
-                    pending.refuse(&reason, &shared);
-                    continue;
-                }
-                if pending.is_answered() {
-                    debug!(device_id = %spec.id(), task_id = %pending.command.task_id,
-                        "command skipped: its deadline passed before the device was free");
-                    continue;
-                }
-                let responder = {
-                    let (pending, shared) = (pending.clone(), shared.clone());
-                    Responder::new(move |result| pending.answer(result, &shared))
-                };
-                let called = catch_unwind(AssertUnwindSafe(|| {
-                    plugin.command_deferred(&pending.command, responder)
-                }));
-                if let Err(panic) = called {
-                    let reason = format!(
-                        "panicked on command {:?}: {}",
-                        pending.command.endpoint,
-                        panic_text(&panic)
-                    );
-                    pending.refuse(&reason, &shared);
-                    instance.fail(plugin, spec.id());
-                    let restarting = format!("device {} is restarting", spec.id());
-                    batch.for_each(|rest| {
-                        rest.refuse(&restarting, &shared);
-                    });
-                    return JobEnd::Panicked(reason);
-                }
-            }
-            if instance.bring_home(plugin, spec.id()) {
-                JobEnd::Home
-            } else {
-                JobEnd::Retired
-            }
+                Ok(Err(e)) => format!("start failed: {e}"),
+                Err(panic) => format!("panicked on start: {}", panic_text(&panic)),
+            };
+            let waited = instance.fail(None, spec.id());
+            refuse_each(waited, &format!("device {} is restarting", spec.id()), &shared);
+            report(&actor, &instance, reason);
         });
-        let instance = self.instance.clone();
-        ctx.spawn(actix::fut::wrap_future(job).map(move |end, act: &mut Self, ctx| {
-            if !Arc::ptr_eq(&instance, &act.instance) {
-                return;
-            }
-            match end {
-                Ok(JobEnd::Home) => act.job_done(ctx),
-                Ok(JobEnd::Panicked(reason)) => act.crashed(reason, ctx),
-                Ok(JobEnd::Retired | JobEnd::StartFailed(_)) => {}
-                Err(e) => act.crashed(format!("the plugin's job failed: {e}"), ctx),
-            }
-        }));
-    }
-
-    /// A job brought the plugin home: run what came meanwhile, or rest.
-    fn job_done(&mut self, ctx: &mut Context<Self>) {
-        let Some(work) = self.work.as_mut() else { return };
-        work.busy = false;
-        work.settle();
-        if work.pending.len() > work.handed {
-            match self.instance.take_out() {
-                Some(plugin) => self.run_commands(plugin, ctx),
-                None => self.refuse_all(&format!("device {} is stopping", self.id())),
-            }
-        } else {
-            self.tidy(ctx);
-        }
-    }
-
-    /// Drops the work once nothing is pending, with its timer.
-    fn tidy(&mut self, ctx: &mut Context<Self>) {
-        if self.work.as_ref().is_some_and(|w| w.is_done()) {
-            if let Some(timer) = self.work.take().and_then(|w| w.timer) {
-                ctx.cancel_future(timer);
-            }
-        }
+        drop(self.shared.pool.run(job));
     }
 
     /// Arms the deadline timer for the front command, if none is armed.
@@ -697,12 +609,12 @@ impl DeviceActor {
         }
     }
 
-    /// The deadline timer: answers every command past its deadline.
+    /// The deadline timer: answers every command past its deadline, and
+    /// drops the work once nothing is pending.
     fn expire(&mut self, ctx: &mut Context<Self>) {
         let Some(work) = self.work.as_mut() else { return };
         work.timer = None;
         let now = Instant::now();
-        let timeout = self.spec.command_timeout();
         while let Some(front) = work.pending.front() {
             if !front.is_answered() {
                 if front.deadline > now {
@@ -711,7 +623,7 @@ impl DeviceActor {
                 let reason = format!(
                     "device {:?} did not answer within {} (command_timeout_ms: {})",
                     self.spec.id(),
-                    human(timeout),
+                    human(self.spec.command_timeout()),
                     self.spec.command_timeout_ms
                 );
                 if front.refuse(&reason, &self.shared) {
@@ -721,35 +633,21 @@ impl DeviceActor {
                 }
             }
             work.pending.pop_front();
-            work.handed = work.handed.saturating_sub(1);
         }
-        self.arm(ctx);
-        self.tidy(ctx);
-    }
-
-    /// Answers every unanswered command with an error.
-    fn refuse_all(&mut self, reason: &str) {
-        if let Some(work) = self.work.as_mut() {
-            for pending in work.pending.drain(..) {
-                pending.refuse(reason, &self.shared);
-            }
-            work.handed = 0;
+        if work.pending.is_empty() {
+            self.work = None;
+        } else {
+            self.arm(ctx);
         }
     }
 
-    /// Retires the current instance: commands not yet given to it get
-    /// `reason` now; those it has may still be answered by it (the one it
-    /// runs), else by their deadline or the caller. The receiver fires when
-    /// the plugin is gone.
+    /// Retires the current instance: commands no job took get `reason`
+    /// now; the one the plugin runs may still be answered by it, else by
+    /// its deadline or the caller. The receiver fires when the plugin is gone.
     fn retire(&mut self, reason: &str) -> oneshot::Receiver<()> {
-        if let Some(work) = self.work.as_mut() {
-            let handed = work.handed.min(work.pending.len());
-            for pending in work.pending.drain(handed..) {
-                pending.refuse(reason, &self.shared);
-            }
-            work.busy = false;
-        }
-        self.instance.retire(&self.shared.pool, &self.spec)
+        let (waited, gone) = self.instance.retire(&self.shared.pool, &self.spec);
+        refuse_each(waited, reason, &self.shared);
+        gone
     }
 
     /// Takes the unanswered commands out, with their timer: the actor stops.
@@ -767,16 +665,12 @@ impl DeviceActor {
     fn crashed(&mut self, reason: String, ctx: &mut Context<Self>) {
         Stats::bump(&self.shared.events.stats.plugin_errors);
         let gone = self.retire(&format!("device {} is restarting", self.id()));
-        self.tidy(ctx);
+        // Until the launch: commands are refused, and later reports about
+        // the failed instance find it replaced.
+        self.instance = Instance::dead();
         let now = Instant::now();
         let id = self.spec.id();
-        let restarts = self.restarts.get_or_insert_with(|| {
-            Box::new(Restarts {
-                backoff: Backoff::new(RESTART_INITIAL, RESTART_MAX),
-                times: Vec::new(),
-                failed: None,
-            })
-        });
+        let restarts = self.restarts.get_or_insert_with(|| Box::new(Restarts::new()));
         restarts.times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         if restarts.times.len() >= MAX_RESTARTS {
             error!(device_id = %id, %reason, restarts = restarts.times.len(), "device failed too often; stopped");
@@ -811,6 +705,66 @@ impl DeviceActor {
     }
 }
 
+impl Restarts {
+    fn new() -> Self {
+        Restarts {
+            backoff: Backoff::new(RESTART_INITIAL, RESTART_MAX),
+            times: Vec::new(),
+            failed: None,
+        }
+    }
+}
+
+/// A pool job: runs the plugin on every command in its instance's inbox,
+/// one at a time, until the inbox is empty; a panic retires the instance
+/// and tells the actor.
+fn run_inbox(
+    plugin: Box<dyn DevicePlugin>,
+    instance: &Arc<Instance>,
+    shared: &Arc<DeviceShared>,
+    spec: &Arc<DeviceSpec>,
+    actor: &WeakAddr<DeviceActor>,
+) {
+    let mut plugin = Some(plugin);
+    while let Some(pending) = instance.next(&mut plugin, spec.id()) {
+        if pending.is_answered() {
+            debug!(device_id = %spec.id(), task_id = %pending.command.task_id,
+                "command skipped: its deadline passed before the device was free");
+            continue;
+        }
+        let responder = {
+            let (pending, shared) = (pending.clone(), shared.clone());
+            Responder::new(move |result| pending.answer(result, &shared))
+        };
+        let Some(running) = plugin.as_mut() else { return };
+        let called = catch_unwind(AssertUnwindSafe(|| {
+            running.command_deferred(&pending.command, responder)
+        }));
+        if let Err(panic) = called {
+            let reason = format!(
+                "panicked on command {:?}: {}",
+                pending.command.endpoint,
+                panic_text(&panic)
+            );
+            pending.refuse(&reason, shared);
+            let waited = instance.fail(plugin.take(), spec.id());
+            refuse_each(waited, &format!("device {} is restarting", spec.id()), shared);
+            report(actor, instance, reason);
+            return;
+        }
+    }
+}
+
+/// Tells the actor, if it still runs, that its plugin failed.
+fn report(actor: &WeakAddr<DeviceActor>, instance: &Arc<Instance>, reason: String) {
+    if let Some(actor) = actor.upgrade() {
+        actor.do_send(PluginFailed {
+            instance: instance.clone(),
+            reason,
+        });
+    }
+}
+
 /// `30 s`, `1.5 s`, `250 ms`: a deadline as people read it.
 fn human(duration: Duration) -> String {
     let ms = duration.as_millis();
@@ -837,9 +791,8 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Started by `start_after`, the actor has work already and launches
-        // once its predecessor is gone.
-        if self.work.is_none() {
+        // Started by `start_after`, the actor launches once its predecessor is gone.
+        if !self.instance.lock().held {
             self.launch(ctx);
         }
     }
@@ -847,9 +800,7 @@ impl Actor for DeviceActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let reason = format!("device {} stopped before it answered", self.id());
         let gone = self.retire(&reason);
-        for pending in self.take_pending(ctx) {
-            pending.refuse(&reason, &self.shared);
-        }
+        refuse_each(self.take_pending(ctx), &reason, &self.shared);
         // Reported once the plugin's `stop` has returned on the pool (or
         // given up on), so a subscriber knows the plugin is done.
         let (spec, shared) = (self.spec.clone(), self.shared.clone());
@@ -867,28 +818,29 @@ impl Handler<DeviceCommand> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, DeviceCommand(command, slot): DeviceCommand, ctx: &mut Self::Context) {
-        let idle = !matches!(self.work.as_deref(), Some(w) if w.busy);
-        let plugin = if idle { self.instance.take_out() } else { None };
-        if idle && plugin.is_none() {
-            let reason = match self.restarts.as_ref().and_then(|r| r.failed.as_ref()) {
-                Some(why) => format!("device {} is stopped after repeated failures: {why}", self.id()),
-                None => format!("device {} is restarting", self.id()),
-            };
-            warn!(device_id = %self.id(), task_id = %command.task_id, "command answered with an error: {reason}");
-            drop(slot);
-            enqueue(
-                &self.shared.outbox,
-                &self.shared.events,
-                &error_reply(&command, &reason),
-            );
-            return;
-        }
         let pending = Pending::new(command, slot, self.spec.command_timeout());
-        self.work_mut().pending.push_back(pending);
-        if let Some(plugin) = plugin {
-            self.run_commands(plugin, ctx);
+        match self.instance.post(pending.clone()) {
+            Ok(plugin) => {
+                if let Some(plugin) = plugin {
+                    let (instance, shared, spec) = (self.instance.clone(), self.shared.clone(), self.spec.clone());
+                    let actor = ctx.address().downgrade();
+                    let job: Job = Box::new(move || run_inbox(plugin, &instance, &shared, &spec, &actor));
+                    drop(self.shared.pool.run(job));
+                }
+                let work = self.work.get_or_insert_with(Box::default);
+                work.settle();
+                work.pending.push_back(pending);
+                self.arm(ctx);
+            }
+            Err(pending) => {
+                let reason = match self.restarts.as_ref().and_then(|r| r.failed.as_ref()) {
+                    Some(why) => format!("device {} is stopped after repeated failures: {why}", self.id()),
+                    None => format!("device {} is restarting", self.id()),
+                };
+                warn!(device_id = %self.id(), task_id = %pending.command.task_id, "command answered with an error: {reason}");
+                pending.refuse(&reason, &self.shared);
+            }
         }
-        self.arm(ctx);
     }
 }
 
@@ -901,7 +853,7 @@ impl Handler<StopDevice> for DeviceActor {
         let reason = format!("device {} stopped before it answered", self.id());
         let gone = self.retire(&reason);
         // The command the plugin runs now may still be answered by it.
-        let handed = self.take_pending(ctx);
+        let unanswered = self.take_pending(ctx);
         ctx.stop();
         let (spec, shared) = (self.spec.clone(), self.shared.clone());
         Box::pin(async move {
@@ -909,9 +861,7 @@ impl Handler<StopDevice> for DeviceActor {
                 warn!(device_id = %spec.id(), timeout_s = STOP_TIMEOUT.as_secs(),
                     "the plugin did not stop in time; going on without it (it keeps one plugin thread until it returns)");
             }
-            for pending in handed {
-                pending.refuse(&reason, &shared);
-            }
+            refuse_each(unanswered, &reason, &shared);
         })
     }
 }
@@ -920,9 +870,9 @@ impl Handler<PluginFailed> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, failed: PluginFailed, ctx: &mut Self::Context) {
-        // A report from an instance already retired changes nothing.
-        if Arc::ptr_eq(&failed.instance, &self.instance) && self.instance.accepting.load(Ordering::Acquire) {
-            self.crashed(format!("reported a failure: {}", failed.reason), ctx);
+        // A report about an instance already replaced changes nothing.
+        if Arc::ptr_eq(&failed.instance, &self.instance) {
+            self.crashed(failed.reason, ctx);
         }
     }
 }
