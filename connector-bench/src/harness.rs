@@ -78,6 +78,13 @@ pub fn config(lookup_url: String, devices: Vec<DeviceConfig>) -> Config {
     config.platform.backoff.initial_ms = 20;
     config.platform.backoff.max_ms = 200;
     config.devices = devices;
+    // The plugin pool's size, to compare runs: `CONNECTOR_BENCH_PLUGIN_THREADS=4`.
+    if let Some(threads) = std::env::var("CONNECTOR_BENCH_PLUGIN_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.plugin_threads = threads;
+    }
     config
 }
 
