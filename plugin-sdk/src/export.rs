@@ -56,6 +56,7 @@ pub const fn declaration(names: &'static [AbiStr], create: CreateFn, unwind: boo
             command: Some(command),
             stop: Some(stop),
             destroy: Some(destroy),
+            command_deferred: None,
         },
     }
 }

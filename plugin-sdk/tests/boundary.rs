@@ -113,6 +113,7 @@ static HOST_API: HostApi = HostApi {
     emit: Some(emit),
     log: Some(log),
     report_failure: Some(report_failure),
+    reply: None,
 };
 
 unsafe extern "C" fn write(ctx: *mut c_void, bytes: AbiStr) {
