@@ -493,7 +493,7 @@ static HOST_API: HostApi = HostApi {
 struct Waiting {
     responder: Responder,
     /// Names the library in an answer that does not parse.
-    library: PathBuf,
+    library: Arc<PluginLibrary>,
 }
 
 /// The commands libraries are to answer, by token; see the module docs.
@@ -502,11 +502,11 @@ static WAITING: LazyLock<Mutex<HashMap<u64, Waiting>>> = LazyLock::new(Mutex::de
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// Keeps `responder` until the library answers; returns its token.
-fn await_reply(responder: Responder, library: &Path) -> u64 {
+fn await_reply(responder: Responder, library: &Arc<PluginLibrary>) -> u64 {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     let waiting = Waiting {
         responder,
-        library: library.to_owned(),
+        library: library.clone(),
     };
     WAITING
         .lock()
@@ -535,7 +535,7 @@ unsafe extern "C" fn host_reply(token: u64, status: Status, bytes: AbiStr) {
             serde_json::from_slice::<Reply>(bytes).map_err(|e| {
                 PluginError::new(format!(
                     "plugin library {}: the deferred reply does not parse: {e}",
-                    waiting.library.display()
+                    waiting.library.path.display()
                 ))
             })
         } else {
@@ -750,7 +750,7 @@ impl DevicePlugin for DynamicPlugin {
             Ok(json) => json,
             Err(e) => return reply.error(format!("command to JSON: {e}")),
         };
-        let token = await_reply(reply, &self.library.path);
+        let token = await_reply(reply, &self.library);
         let mut answer = Answer::default();
         // SAFETY: a live instance, one call at a time; the command is
         // borrowed for the call; the token is a plain number.
@@ -1012,7 +1012,10 @@ mod tests {
 
     #[test]
     fn the_host_answers_a_token_once_and_ignores_unknown_or_spent_ones() {
-        let library = Path::new("libdeferred.so");
+        // SAFETY: a whole, static declaration.
+        let library =
+            Arc::new(unsafe { inspect(Path::new("libdeferred.so"), (&OLD as *const DeclarationV1_0).cast()) }.unwrap());
+        let library = &library;
         let (responder, answers) = Responder::channel();
         let token = await_reply(responder, library);
         reply(token, abi::STATUS_OK, br#"{"header":"h","body":"b"}"#);
