@@ -99,14 +99,21 @@ impl Recorder {
     }
 }
 
+/// Held while a line is written: devices sharing a journal call from
+/// several pool threads at once, and `writeln!` on a file may take several
+/// writes, which would interleave into torn lines.
+static JOURNAL: Mutex<()> = Mutex::new(());
+
 fn journal(path: Option<&PathBuf>, instance: u64, device: &str, call: &str) {
     if let Some(path) = path {
+        let line = format!("{instance} {device} {call}\n");
+        let _one_at_a_time = JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .expect("the journal opens");
-        writeln!(file, "{instance} {device} {call}").expect("the journal takes a line");
+        file.write_all(line.as_bytes()).expect("the journal takes a line");
     }
 }
 
