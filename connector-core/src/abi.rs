@@ -38,6 +38,15 @@
 //! - `start(instance, out)`: the device starts; events may flow from now on.
 //! - `command(instance, command_json, out)`: a [`Message`]; on [`STATUS_OK`]
 //!   `out` gets a [`Reply`] as JSON, otherwise the error text.
+//! - `command_deferred(instance, command_json, token, out)` (optional: null
+//!   in a library built before it existed, which the host then drives with
+//!   `command`): a [`Message`] to answer now or later. On [`STATUS_OK`] the
+//!   library answers it, or already did, by calling the host's
+//!   `reply(token, status, bytes)` exactly once, from any thread and at any
+//!   time, also after `destroy`. On any other status the library never uses
+//!   the token, and `out` has the error or panic text, as for `command`. The
+//!   host calls the next function of the instance as soon as this returns,
+//!   so a library that keeps tokens answers several commands at once.
 //! - `stop(instance, out)`: the device stops; the library emits nothing for
 //!   this instance after `stop` returns.
 //! - `destroy(instance)`: frees the instance. The host calls nothing with it
@@ -45,7 +54,17 @@
 //!
 //! An instance's functions are called one at a time, possibly from different
 //! threads. The [`HostApi`] functions may be called from any thread at any
-//! time between `create` and the return of `destroy`, concurrently.
+//! time between `create` and the return of `destroy`, concurrently; `reply`
+//! also afterwards.
+//!
+//! The host's `reply(token, status, bytes)` (optional: null in a host built
+//! before it existed, which never calls `command_deferred`): on
+//! [`STATUS_OK`], `bytes` are a [`Reply`] as JSON; otherwise the error text.
+//! A token is a plain number into a table of the host's, not a pointer, so a
+//! wrong or repeated one is ignored: a library can do no harm with it. A
+//! library whose thread answers while the call that handed out the token is
+//! still running, and which then fails that call, has answered anyway; the
+//! host keeps whichever came first.
 //!
 //! # Versioning rules
 //!
@@ -55,7 +74,12 @@
 //!   changed. The host refuses every other version.
 //! - Within one ABI version, [`PluginDeclaration`] and [`HostApi`] only grow
 //!   at their end. Each carries its own size; a reader refuses one shorter
-//!   than what it needs and ignores bytes beyond what it knows.
+//!   than what it needs and ignores bytes beyond what it knows. A field
+//!   added this way is optional: a reader takes it only when the size covers
+//!   it, and does without it otherwise.
+//! - Version 1 as first released ended before `command_deferred` and `reply`
+//!   ([`DECLARATION_SIZE_V1_0`], [`HOST_API_SIZE_V1_0`]); both sides still
+//!   accept a table of that size.
 //! - [`API_VERSION`] is this crate's version. The JSON shapes of the spec,
 //!   messages and replies follow it, so the host refuses a library whose
 //!   version is not semver-compatible with its own (see [`api_compatible`]).
@@ -65,7 +89,7 @@
 //! [`Reply`]: crate::plugin::Reply
 
 use std::ffi::c_void;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 
 /// First field of every declaration: `"SEPLPLUG"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SEPLPLUG");
@@ -214,9 +238,15 @@ pub type CommandFn = unsafe extern "C" fn(instance: *mut c_void, command_json: A
 pub type StopFn = unsafe extern "C" fn(instance: *mut c_void, out: AbiOut) -> Status;
 /// Frees an instance; nothing may use it afterwards.
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void) -> Status;
+/// Takes one command to answer through the host's `reply` with `token`; on a
+/// status other than [`STATUS_OK`], `out` gets the error text and the token
+/// is never used. See the module docs.
+pub type CommandDeferredFn =
+    unsafe extern "C" fn(instance: *mut c_void, command_json: AbiStr, token: u64, out: AbiOut) -> Status;
 
-/// The library's functions. `None` (a null pointer) makes the host refuse the
-/// library, so a half-filled table is an error message, not a crash.
+/// The library's functions. `None` (a null pointer) in one of the first five
+/// makes the host refuse the library, so a half-filled table is an error
+/// message, not a crash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PluginFunctions {
@@ -225,6 +255,9 @@ pub struct PluginFunctions {
     pub command: Option<CommandFn>,
     pub stop: Option<StopFn>,
     pub destroy: Option<DestroyFn>,
+    /// Optional, and missing from a declaration of [`DECLARATION_SIZE_V1_0`]
+    /// bytes: the host uses `command` without it.
+    pub command_deferred: Option<CommandDeferredFn>,
 }
 
 /// The one static a plugin library exports, under [`DECLARATION_SYMBOL`].
@@ -250,6 +283,13 @@ pub struct PluginDeclaration {
 // statics of the same library, so sharing it between threads is sound.
 unsafe impl Sync for PluginDeclaration {}
 
+/// The size of a [`PluginDeclaration`] of ABI version 1 as first released,
+/// before `command_deferred` was added at the end of [`PluginFunctions`]:
+/// what libraries of that time report in `header.size`. The host refuses a
+/// shorter declaration.
+pub const DECLARATION_SIZE_V1_0: usize =
+    offset_of!(PluginDeclaration, functions) + offset_of!(PluginFunctions, command_deferred);
+
 /// Records an event for the device; [`STATUS_STOPPED`] once it is stopped.
 pub type EmitFn = unsafe extern "C" fn(ctx: *mut c_void, event_json: AbiStr) -> Status;
 /// Logs a line at a `LOG_*` level. `ctx` may be null for lines not tied to a device.
@@ -257,6 +297,12 @@ pub type LogFn = unsafe extern "C" fn(ctx: *mut c_void, level: u32, message: Abi
 /// The plugin failed outside a call (e.g. its own thread panicked): the host
 /// stops this instance and starts a new one after a back-off.
 pub type ReportFailureFn = unsafe extern "C" fn(ctx: *mut c_void, reason: AbiStr);
+/// Answers the command `command_deferred` handed out `token` for: on
+/// [`STATUS_OK`] `bytes` are a [`Reply`] as JSON, otherwise the error text.
+/// Takes no context: it may come after the instance is destroyed.
+///
+/// [`Reply`]: crate::plugin::Reply
+pub type ReplyFn = unsafe extern "C" fn(token: u64, status: Status, bytes: AbiStr);
 
 /// The host's functions, handed to `create` with the device's context pointer.
 #[repr(C)]
@@ -267,7 +313,14 @@ pub struct HostApi {
     pub emit: Option<EmitFn>,
     pub log: Option<LogFn>,
     pub report_failure: Option<ReportFailureFn>,
+    /// Optional, and missing from a table of [`HOST_API_SIZE_V1_0`] bytes:
+    /// such a host never calls `command_deferred`.
+    pub reply: Option<ReplyFn>,
 }
+
+/// The size of a [`HostApi`] of ABI version 1 as first released, before
+/// `reply` was added: what hosts of that time report in `size`.
+pub const HOST_API_SIZE_V1_0: usize = offset_of!(HostApi, reply);
 
 /// Whether a library of crate-API version `library` may talk to a host of
 /// version `host`: cargo's semver rule (same major; for `0.x`, same minor).
@@ -300,6 +353,76 @@ mod tests {
             size_of::<PluginDeclaration>()
         );
         assert_eq!(&MAGIC.to_le_bytes(), b"SEPLPLUG");
+    }
+
+    /// [`PluginDeclaration`] and [`HostApi`] as ABI version 1 was first
+    /// released, copied from that release: what old builds still report.
+    mod v1_0 {
+        use super::*;
+
+        #[repr(C)]
+        pub struct PluginFunctions {
+            pub create: Option<CreateFn>,
+            pub start: Option<StartFn>,
+            pub command: Option<CommandFn>,
+            pub stop: Option<StopFn>,
+            pub destroy: Option<DestroyFn>,
+        }
+
+        #[repr(C)]
+        pub struct PluginDeclaration {
+            pub header: DeclarationHeader,
+            pub api_version: AbiStr,
+            pub rustc_version: AbiStr,
+            pub target: AbiStr,
+            pub panic_strategy: u32,
+            pub plugin_names: *const AbiStr,
+            pub plugin_count: usize,
+            pub functions: PluginFunctions,
+        }
+
+        #[repr(C)]
+        pub struct HostApi {
+            pub size: u32,
+            pub emit: Option<EmitFn>,
+            pub log: Option<LogFn>,
+            pub report_failure: Option<ReportFailureFn>,
+        }
+    }
+
+    #[test]
+    fn the_first_v1_sizes_are_what_old_builds_report_and_new_fields_come_after() {
+        assert_eq!(DECLARATION_SIZE_V1_0, size_of::<v1_0::PluginDeclaration>());
+        assert_eq!(HOST_API_SIZE_V1_0, size_of::<v1_0::HostApi>());
+        #[cfg(target_pointer_width = "64")]
+        {
+            // The numbers themselves, as a library built then has them.
+            assert_eq!(DECLARATION_SIZE_V1_0, 128);
+            assert_eq!(HOST_API_SIZE_V1_0, 32);
+        }
+        // Every old field stays where it was; the new ones only append.
+        assert_eq!(
+            offset_of!(PluginDeclaration, functions),
+            offset_of!(v1_0::PluginDeclaration, functions)
+        );
+        assert_eq!(
+            offset_of!(PluginFunctions, destroy),
+            offset_of!(v1_0::PluginFunctions, destroy)
+        );
+        assert_eq!(
+            offset_of!(HostApi, report_failure),
+            offset_of!(v1_0::HostApi, report_failure)
+        );
+        let deferred_end = offset_of!(PluginDeclaration, functions)
+            + offset_of!(PluginFunctions, command_deferred)
+            + size_of::<Option<CommandDeferredFn>>();
+        assert_eq!(deferred_end, size_of::<PluginDeclaration>());
+        assert_eq!(
+            offset_of!(HostApi, reply) + size_of::<Option<ReplyFn>>(),
+            size_of::<HostApi>()
+        );
+        assert!(DECLARATION_SIZE_V1_0 < size_of::<PluginDeclaration>());
+        assert!(HOST_API_SIZE_V1_0 < size_of::<HostApi>());
     }
 
     #[test]

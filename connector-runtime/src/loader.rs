@@ -12,7 +12,10 @@
 //! 1. the declaration symbol exists;
 //! 2. its 16-byte header, the part every ABI version shares, is read alone:
 //!    magic number, ABI version, and a size at least that of this version's
-//!    declaration. Only then is the rest read;
+//!    declaration as first released ([`abi::DECLARATION_SIZE_V1_0`]). Only
+//!    then is the rest read, and of the fields added later only those the
+//!    size covers (`command_deferred`; a library without it is driven
+//!    through `command`);
 //! 3. the panic strategy is `unwind` (with `abort`, a plugin panic would end
 //!    the connector instead of restarting a device);
 //! 4. the target matches, and the crate-API version is semver-compatible:
@@ -45,20 +48,35 @@
 //! [`abi::STATUS_PANIC`]. The wrapper re-raises it in the host's own frames
 //! with `resume_unwind`, so the device actor's `catch_unwind` sees exactly
 //! what a compiled-in plugin's panic gives: the device is restarted.
+//!
+//! # Deferred replies
+//!
+//! A library with `command_deferred` gets each command with a token: a
+//! number under which the wrapper keeps the command's [`Responder`] in one
+//! global table. The host's `reply` takes it out and answers, from whatever
+//! thread the library calls it on, also after the instance is gone. A token
+//! that is not in the table (never handed out, answered already, or taken
+//! back because the call failed) is ignored, so nothing a library passes can
+//! reach freed memory. A library that accepts a command and never answers it
+//! leaves its entry behind: the platform got the deadline's error long
+//! before, and the entry costs a few bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::fmt;
-use std::mem::{align_of, size_of};
+use std::mem::{align_of, offset_of, size_of, MaybeUninit};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 
 use connector_core::abi::{
-    self, AbiOut, AbiStr, CommandFn, CreateFn, DeclarationHeader, DestroyFn, HostApi, PluginDeclaration, StartFn,
-    Status, StopFn,
+    self, AbiOut, AbiStr, CommandDeferredFn, CommandFn, CreateFn, DeclarationHeader, DestroyFn, HostApi,
+    PluginDeclaration, PluginFunctions, StartFn, Status, StopFn,
 };
-use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, PluginFactory, PluginRegistry, Reply};
+use connector_core::plugin::{
+    DevicePlugin, DeviceSpec, EventSink, PluginError, PluginFactory, PluginRegistry, Reply, Responder,
+};
 use connector_core::Message as PlatformMessage;
 use libloading::Library;
 use tracing::{debug, error, info, trace, warn};
@@ -91,10 +109,12 @@ pub enum LoadError {
     )]
     AbiVersion { path: PathBuf, found: u32 },
     #[error(
-        "plugin library {}: its declaration is {found} bytes long, shorter than the {} bytes of ABI version {}",
+        "plugin library {}: its declaration is {found} bytes long, shorter than the {} bytes of ABI version {} at \
+         its smallest; rebuild it against connector-plugin-sdk {}",
         path.display(),
-        size_of::<PluginDeclaration>(),
-        abi::ABI_VERSION
+        abi::DECLARATION_SIZE_V1_0,
+        abi::ABI_VERSION,
+        abi::API_VERSION
     )]
     TooShort { path: PathBuf, found: u32 },
     #[error(
@@ -136,6 +156,8 @@ struct Functions {
     command: CommandFn,
     stop: StopFn,
     destroy: DestroyFn,
+    /// Missing in a library built before it existed.
+    command_deferred: Option<CommandDeferredFn>,
 }
 
 /// A checked, open plugin library. Never closed (see the module docs).
@@ -273,15 +295,17 @@ unsafe fn inspect(path: &Path, address: *const u8) -> Result<PluginLibrary, Load
             found: header.abi_version,
         });
     }
-    if (header.size as usize) < size_of::<PluginDeclaration>() {
+    let size = header.size as usize;
+    if size < abi::DECLARATION_SIZE_V1_0 {
         return Err(LoadError::TooShort {
             path: path.to_owned(),
             found: header.size,
         });
     }
-    // SAFETY: the header vouches for a whole declaration of this version,
-    // which lives as long as the never-closed library.
-    let declaration: &'static PluginDeclaration = unsafe { &*address.cast::<PluginDeclaration>() };
+    // SAFETY: the header vouches for `size` bytes of a declaration of this
+    // version, at least its first release's, which is what `read_declaration`
+    // needs.
+    let declaration = unsafe { read_declaration(address, size) };
 
     match declaration.panic_strategy {
         abi::PANIC_UNWIND => {}
@@ -317,6 +341,7 @@ unsafe fn inspect(path: &Path, address: *const u8) -> Result<PluginLibrary, Load
         command: table.command.ok_or_else(|| missing("command"))?,
         stop: table.stop.ok_or_else(|| missing("stop"))?,
         destroy: table.destroy.ok_or_else(|| missing("destroy"))?,
+        command_deferred: table.command_deferred,
     };
 
     if declaration.plugin_count == 0 || declaration.plugin_names.is_null() {
@@ -341,6 +366,44 @@ unsafe fn inspect(path: &Path, address: *const u8) -> Result<PluginLibrary, Load
         rustc,
         functions,
     })
+}
+
+/// Where the declaration's `command_deferred` is: a declaration at least
+/// `COMMAND_DEFERRED_AT + size_of::<Option<CommandDeferredFn>>()` bytes long
+/// has the field.
+const COMMAND_DEFERRED_AT: usize =
+    offset_of!(PluginDeclaration, functions) + offset_of!(PluginFunctions, command_deferred);
+
+/// A copy of the declaration at `address`: the fields of the first release of
+/// ABI version 1, and of those added since each one `size` covers; the
+/// others are `None`. The texts and names it points at stay the library's.
+///
+/// # Safety
+/// `address` is aligned for a [`PluginDeclaration`] and points at `size`
+/// readable bytes, `size` at least [`abi::DECLARATION_SIZE_V1_0`], holding a
+/// declaration of this ABI version.
+unsafe fn read_declaration(address: *const u8, size: usize) -> PluginDeclaration {
+    let mut copy = MaybeUninit::<PluginDeclaration>::zeroed();
+    // SAFETY: the caller vouches for the first `DECLARATION_SIZE_V1_0` bytes,
+    // and the copy, a whole declaration, has room for them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(address, copy.as_mut_ptr().cast::<u8>(), abi::DECLARATION_SIZE_V1_0);
+    }
+    // SAFETY: every field is either copied whole from the library's
+    // declaration or still zero, and zero is a valid value of each field not
+    // copied (a null `Option` of a function pointer).
+    let mut declaration = unsafe { copy.assume_init() };
+    if size >= COMMAND_DEFERRED_AT + size_of::<Option<CommandDeferredFn>>() {
+        // SAFETY: `size` covers the field, which the library laid out as this
+        // build does (same ABI version), at an offset aligned for it.
+        declaration.functions.command_deferred = unsafe {
+            address
+                .add(COMMAND_DEFERRED_AT)
+                .cast::<Option<CommandDeferredFn>>()
+                .read()
+        };
+    }
+    declaration
 }
 
 /// Opens every library of `paths` and registers its plugin types in
@@ -423,7 +486,64 @@ static HOST_API: HostApi = HostApi {
     emit: Some(host_emit),
     log: Some(host_log),
     report_failure: Some(host_report_failure),
+    reply: Some(host_reply),
 };
+
+/// A command handed to a library's `command_deferred`, until it is answered.
+struct Waiting {
+    responder: Responder,
+    /// Names the library in an answer that does not parse.
+    library: Arc<PluginLibrary>,
+}
+
+/// The commands libraries are to answer, by token; see the module docs.
+static WAITING: LazyLock<Mutex<HashMap<u64, Waiting>>> = LazyLock::new(Mutex::default);
+/// The next token; 0 is never handed out.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Keeps `responder` until the library answers; returns its token.
+fn await_reply(responder: Responder, library: &Arc<PluginLibrary>) -> u64 {
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let waiting = Waiting {
+        responder,
+        library: library.clone(),
+    };
+    WAITING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(token, waiting);
+    token
+}
+
+/// The command waiting under `token`, taken out: only one taker gets it.
+fn take_waiting(token: u64) -> Option<Waiting> {
+    WAITING.lock().unwrap_or_else(PoisonError::into_inner).remove(&token)
+}
+
+unsafe extern "C" fn host_reply(token: u64, status: Status, bytes: AbiStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Some(waiting) = take_waiting(token) else {
+            debug!(
+                token,
+                status, "a plugin library answered with an unknown or spent token; ignored"
+            );
+            return;
+        };
+        // SAFETY: the answer is readable for the call.
+        let bytes = unsafe { bytes.as_bytes() };
+        let result = if status == abi::STATUS_OK {
+            serde_json::from_slice::<Reply>(bytes).map_err(|e| {
+                PluginError::new(format!(
+                    "plugin library {}: the deferred reply does not parse: {e}",
+                    waiting.library.path.display()
+                ))
+            })
+        } else {
+            Err(PluginError::new(String::from_utf8_lossy(bytes)))
+        };
+        waiting.responder.send(result);
+    }));
+}
 
 /// The context behind a host-function call.
 ///
@@ -621,6 +741,38 @@ impl DevicePlugin for DynamicPlugin {
         })
     }
 
+    fn command_deferred(&mut self, command: &PlatformMessage, reply: Responder) {
+        let Some(command_deferred) = self.library.functions.command_deferred else {
+            // A library built before deferred replies: it answers in the call.
+            return reply.send(self.command(command));
+        };
+        let json = match serde_json::to_vec(command) {
+            Ok(json) => json,
+            Err(e) => return reply.error(format!("command to JSON: {e}")),
+        };
+        let token = await_reply(reply, &self.library);
+        let mut answer = Answer::default();
+        // SAFETY: a live instance, one call at a time; the command is
+        // borrowed for the call; the token is a plain number.
+        let status = unsafe { command_deferred(self.instance, AbiStr::new(&json), token, answer.out()) };
+        if status == abi::STATUS_OK {
+            return;
+        }
+        // The library gave up the token: the answer is ours to give. If it
+        // answered anyway before failing, that answer stands.
+        let waiting = take_waiting(token);
+        // A panic is re-raised here, as in `command`; the responder is then
+        // dropped while unwinding, which leaves the answer to the device
+        // actor, which reports the panic.
+        let error = failure(&self.library, "command_deferred", status, &answer);
+        match waiting {
+            Some(waiting) => waiting.responder.send(Err(error)),
+            None => {
+                debug!(device_id = %self.context.device_id, token, "the library failed a command it had answered: {error}")
+            }
+        }
+    }
+
     fn stop(&mut self) {
         let mut answer = Answer::default();
         // SAFETY: a live instance, one call at a time.
@@ -688,6 +840,7 @@ mod tests {
                 command: Some(never_command),
                 stop: Some(never_stop),
                 destroy: Some(never_destroy),
+                command_deferred: None,
             },
         }
     }
@@ -758,6 +911,141 @@ mod tests {
         assert!(warnings[0].contains("built with rustc 1.80.0"), "{warnings:?}");
     }
 
+    /// A declaration as ABI version 1 was first released: no
+    /// `command_deferred`, and a size that says so.
+    #[repr(C)]
+    struct DeclarationV1_0 {
+        header: DeclarationHeader,
+        api_version: AbiStr,
+        rustc_version: AbiStr,
+        target: AbiStr,
+        panic_strategy: u32,
+        plugin_names: *const AbiStr,
+        plugin_count: usize,
+        create: Option<CreateFn>,
+        start: Option<StartFn>,
+        command: Option<CommandFn>,
+        stop: Option<StopFn>,
+        destroy: Option<DestroyFn>,
+    }
+
+    // SAFETY: immutable, pointing at statics only.
+    unsafe impl Sync for DeclarationV1_0 {}
+
+    static OLD: DeclarationV1_0 = DeclarationV1_0 {
+        header: DeclarationHeader {
+            size: size_of::<DeclarationV1_0>() as u32,
+            ..DeclarationHeader::current()
+        },
+        api_version: AbiStr::from_static(abi::API_VERSION),
+        rustc_version: AbiStr::from_static(abi::BUILD_RUSTC),
+        target: AbiStr::from_static(abi::BUILD_TARGET),
+        panic_strategy: abi::PANIC_UNWIND,
+        plugin_names: NAMES.as_ptr(),
+        plugin_count: NAMES.len(),
+        create: Some(never_create),
+        start: Some(never_start),
+        command: Some(never_command),
+        stop: Some(never_stop),
+        destroy: Some(never_destroy),
+    };
+
+    #[test]
+    fn a_declaration_of_the_first_v1_layout_loads_without_command_deferred() {
+        assert_eq!(size_of::<DeclarationV1_0>(), abi::DECLARATION_SIZE_V1_0);
+        // SAFETY: a whole static declaration of the size its header gives.
+        let library = unsafe { inspect(Path::new("libold.so"), (&OLD as *const DeclarationV1_0).cast()) }.unwrap();
+        assert_eq!(library.names(), ["one", "two"]);
+        assert!(library.warnings().is_empty(), "{:?}", library.warnings());
+        assert!(library.functions.command_deferred.is_none());
+    }
+
+    #[test]
+    fn a_declaration_of_this_build_brings_its_command_deferred() {
+        static NEW: PluginDeclaration = PluginDeclaration {
+            functions: abi::PluginFunctions {
+                command_deferred: Some(never_command_deferred),
+                ..good().functions
+            },
+            ..good()
+        };
+        let library = inspect_static(&NEW).unwrap();
+        assert!(library.functions.command_deferred.is_some());
+        // One whose size stops short of the field does without it, even
+        // though the bytes behind are there.
+        static CUT: PluginDeclaration = PluginDeclaration {
+            header: DeclarationHeader {
+                size: abi::DECLARATION_SIZE_V1_0 as u32 + 4,
+                ..DeclarationHeader::current()
+            },
+            ..NEW
+        };
+        assert!(inspect_static(&CUT).unwrap().functions.command_deferred.is_none());
+    }
+
+    #[test]
+    fn a_declaration_shorter_than_the_first_v1_layout_is_refused_naming_the_sdk() {
+        static SHORT: PluginDeclaration = PluginDeclaration {
+            header: DeclarationHeader {
+                size: abi::DECLARATION_SIZE_V1_0 as u32 - 8,
+                ..DeclarationHeader::current()
+            },
+            ..good()
+        };
+        let err = inspect_static(&SHORT).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "plugin library libtest.so: its declaration is {} bytes long, shorter than the {} bytes of ABI \
+                 version 1 at its smallest; rebuild it against connector-plugin-sdk {}",
+                abi::DECLARATION_SIZE_V1_0 - 8,
+                abi::DECLARATION_SIZE_V1_0,
+                abi::API_VERSION
+            )
+        );
+    }
+
+    fn reply(token: u64, status: Status, bytes: &[u8]) {
+        // SAFETY: the bytes are borrowed for the call.
+        unsafe { host_reply(token, status, AbiStr::new(bytes)) }
+    }
+
+    #[test]
+    fn the_host_answers_a_token_once_and_ignores_unknown_or_spent_ones() {
+        // SAFETY: a whole, static declaration.
+        let library =
+            Arc::new(unsafe { inspect(Path::new("libdeferred.so"), (&OLD as *const DeclarationV1_0).cast()) }.unwrap());
+        let library = &library;
+        let (responder, answers) = Responder::channel();
+        let token = await_reply(responder, library);
+        reply(token, abi::STATUS_OK, br#"{"header":"h","body":"b"}"#);
+        assert_eq!(answers.try_recv().unwrap(), Ok(Reply::body("b").with_header("h")));
+        // Spent: a second answer and a made-up token go nowhere, harmlessly.
+        reply(token, abi::STATUS_OK, br#"{"body":"again"}"#);
+        reply(0, abi::STATUS_ERROR, b"nobody's");
+        reply(u64::MAX, abi::STATUS_OK, b"{}");
+        assert!(answers.try_recv().is_err(), "answered twice");
+
+        let (responder, answers) = Responder::channel();
+        reply(
+            await_reply(responder, library),
+            abi::STATUS_ERROR,
+            b"the sensor is gone",
+        );
+        assert_eq!(answers.try_recv().unwrap(), Err(PluginError::new("the sensor is gone")));
+
+        let (responder, answers) = Responder::channel();
+        reply(await_reply(responder, library), abi::STATUS_OK, b"not json");
+        let err = answers.try_recv().unwrap().unwrap_err().to_string();
+        assert!(
+            err.starts_with("plugin library libdeferred.so: the deferred reply does not parse: "),
+            "{err}"
+        );
+    }
+
+    unsafe extern "C" fn never_command_deferred(_: *mut c_void, _: AbiStr, _: u64, _: AbiOut) -> Status {
+        unreachable!()
+    }
     unsafe extern "C" fn never_start(_: *mut c_void, _: AbiOut) -> Status {
         unreachable!()
     }

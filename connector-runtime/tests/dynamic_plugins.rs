@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use connector_core::abi;
 use connector_core::config::Config;
 use connector_core::plugin::{DevicePlugin, DeviceSpec, PluginError, PluginRegistry};
 use connector_runtime::{loader, Lifecycle};
-use platform_sim::{Command, SimHandle};
+use platform_sim::{Command, Event, EventFilter, EventKind, SimHandle};
 use util::*;
 
 /// The libraries the tests load, by cargo target name.
@@ -304,6 +305,129 @@ async fn no_plugin_function_is_called_after_its_device_was_destroyed() {
     assert_orderly_lives(&calls, "kept");
 }
 
+/// The `response:` frames `device` sent, in arrival order.
+async fn responses(sim: &SimHandle, device: &str) -> Vec<Event> {
+    sim.events_matching(EventFilter {
+        device: Some(device.to_owned()),
+        kind: Some(EventKind::Response),
+        since: None,
+        limit: Some(usize::MAX),
+    })
+    .await
+}
+
+/// Waits until `device` sent `count` responses, and returns them.
+async fn wait_responses(sim: &SimHandle, device: &str, count: usize) -> Vec<Event> {
+    eventually(&format!("{count} responses from {device}"), || async {
+        let got = responses(sim, device).await;
+        (got.len() >= count).then_some(got)
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn deferred_replies_from_a_librarys_own_thread_reach_the_platform_with_their_task_ids() {
+    let sim = simulator().await;
+    let devices = "  - { id: def-1, type: t, name: D, plugin: deferred }\n";
+    let connector = connected(&sim, config_loading(&sim, devices)).await;
+    let mut lifecycle = connector.subscribe();
+
+    // Five commands outstanding at once: the plugin holds them all, unanswered,
+    // until `release` makes its thread answer them in order.
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let command = Command::new("def-1", "hold").body(format!("held {i}"));
+        held.push((sim.send_command(&command).await.unwrap(), format!("held {i}")));
+    }
+    let release = sim
+        .command_and_wait(&Command::new("def-1", "release"), DEADLINE)
+        .await
+        .expect("def-1 answers release");
+    assert_eq!(release.message.body, "released 5");
+    let answers = wait_responses(&sim, "def-1", 6).await;
+    assert_eq!(answers.len(), 6, "one answer each: {answers:?}");
+    let got: Vec<(String, String)> = answers[..5]
+        .iter()
+        .map(|a| (a.message.task_id.clone(), a.message.body.clone()))
+        .collect();
+    assert_eq!(got, held, "each held command answered with its own task id, in order");
+    assert_eq!(answers[5].message.task_id, release.task_id);
+    for answer in &answers {
+        // Answered from the library's worker, named by the plugin.
+        assert_eq!(answer.message.header, "deferred", "{answer:?}");
+    }
+
+    // Answers that trail their calls: all outstanding, all answered in order.
+    let mut later = Vec::new();
+    for i in 0..5 {
+        let command = Command::new("def-1", "later").body(format!("later {i}"));
+        later.push((sim.send_command(&command).await.unwrap(), format!("later {i}")));
+    }
+    let answers = wait_responses(&sim, "def-1", 11).await;
+    let got: Vec<(String, String)> = answers[6..]
+        .iter()
+        .map(|a| (a.message.task_id.clone(), a.message.body.clone()))
+        .collect();
+    assert_eq!(got, later);
+
+    // Errors travel the same way; a responder dropped unanswered still answers.
+    let failed = answer(&sim, "def-1", "fail", "on purpose").await;
+    assert!(failed.contains("deferred fails: on purpose"), "{failed}");
+    let dropped = answer(&sim, "def-1", "drop", "").await;
+    assert!(
+        dropped.contains("dropped the command without answering it"),
+        "{dropped}"
+    );
+
+    // A panic in command_deferred is the library's call failing: the command
+    // is answered with it and the device restarts, as for `command`.
+    let boom = answer(&sim, "def-1", "boom", "now").await;
+    assert!(boom.contains("deferred boom on \\\"now\\\""), "{boom}");
+    let event = wait_event(
+        &mut lifecycle,
+        "def-1 restarted after boom",
+        |e| matches!(e, Lifecycle::DeviceRestarted { device, .. } if device == "def-1"),
+    )
+    .await;
+    assert!(format!("{event:?}").contains("deferred boom on"), "{event:?}");
+    eventually("def-1 answers after its restart", || async {
+        let command = Command::new("def-1", "later").body("again");
+        let reply = sim.command_and_wait(&command, DEADLINE).await.ok()?;
+        (reply.message.body == "again").then_some(())
+    })
+    .await;
+    connector.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
+async fn a_library_of_the_first_v1_layout_loads_without_a_warning_and_answers() {
+    let path = library("old_abi");
+    let old = loader::open(&path).expect("a library of the first v1 layout loads");
+    assert_eq!(old.names(), ["old-echo"]);
+    assert!(old.warnings().is_empty(), "{:?}", old.warnings());
+
+    let sim = simulator().await;
+    let mut config = config_for(&sim, "  - { id: old-1, type: t, name: O, plugin: old-echo }\n");
+    config.plugins = vec![path];
+    let connector = connected(&sim, config).await;
+    // `start` emitted through the host's table, which it reads in its old length.
+    eventually("old-1's started event", || async {
+        (event_bodies(&sim, "old-1").await == ["old abi"]).then_some(())
+    })
+    .await;
+    let reply = sim
+        .command_and_wait(&Command::new("old-1", "echo").header("h").body("hello"), DEADLINE)
+        .await
+        .expect("old-1 answers");
+    assert_eq!(
+        (reply.message.header.as_str(), reply.message.body.as_str()),
+        ("h", "hello")
+    );
+    let failed = answer(&sim, "old-1", "fail", "on purpose").await;
+    assert!(failed.contains("old-echo fails: on purpose"), "{failed}");
+    connector.shutdown(Duration::from_secs(2)).await;
+}
+
 #[test]
 fn each_malformed_library_is_refused_with_its_own_message_before_any_plugin_code_runs() {
     // The malformed libraries' functions abort the process: reaching them
@@ -317,6 +441,16 @@ fn each_malformed_library_is_refused_with_its_own_message_before_any_plugin_code
         (
             library("short_declaration"),
             "its declaration is 16 bytes long, shorter than the",
+        ),
+        (
+            library("truncated_declaration"),
+            &format!(
+                "its declaration is {} bytes long, shorter than the {} bytes of ABI version 1 at its smallest; \
+                 rebuild it against connector-plugin-sdk {}",
+                abi::DECLARATION_SIZE_V1_0 - 8,
+                abi::DECLARATION_SIZE_V1_0,
+                abi::API_VERSION
+            ),
         ),
         (library("no_declaration"), "exports no `SEPL_PLUGIN_DECLARATION`"),
         (library("panic_abort"), "built with panic = \"abort\""),
@@ -344,13 +478,16 @@ fn each_malformed_library_is_refused_with_its_own_message_before_any_plugin_code
 fn a_library_is_opened_once_and_its_names_must_not_clash() {
     let path = library("connector_test_plugins");
     let first = loader::open(&path).unwrap();
-    assert_eq!(first.names(), ["recorder", "panicky"]);
+    assert_eq!(first.names(), ["recorder", "panicky", "deferred"]);
     assert!(std::sync::Arc::ptr_eq(&first, &loader::open(&path).unwrap()));
 
     // Listed twice: the same library, no clash.
     let mut registry = PluginRegistry::new();
     loader::register_libraries(&mut registry, &[path.clone(), path.clone()]).unwrap();
-    assert_eq!(registry.names().collect::<Vec<_>>(), ["panicky", "recorder"]);
+    assert_eq!(
+        registry.names().collect::<Vec<_>>(),
+        ["deferred", "panicky", "recorder"]
+    );
 
     // A compiled-in plugin of the same name: an error naming both.
     let mut registry = PluginRegistry::new();

@@ -19,16 +19,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use connector_core::abi::{self, AbiStr, EmitFn, LogFn, ReportFailureFn};
+use connector_core::abi::{self, AbiStr, EmitFn, LogFn, ReplyFn, ReportFailureFn};
 use connector_core::plugin::{EmitError, EventSink};
 
 /// The host's functions, checked to be all there when the first instance is
-/// created.
+/// created; `reply` is missing in a host built before deferred replies.
 #[derive(Clone, Copy)]
 pub(crate) struct HostFns {
     pub emit: EmitFn,
     pub log: LogFn,
     pub report_failure: ReportFailureFn,
+    pub reply: Option<ReplyFn>,
 }
 
 /// The host's table as seen by the first `create`. Its functions are the

@@ -40,6 +40,14 @@
 //! `plugin: counter` on a device. The same `create` works compiled in, with
 //! `Connector::builder(config).plugin("counter", create)`.
 //!
+//! A plugin that answers from a thread of its own (a serial port's worker)
+//! implements [`DevicePlugin::command_deferred`] and answers through the
+//! [`Responder`] it gets, from any thread, also after the device stopped; the
+//! next command comes as soon as `command_deferred` returns. In a library,
+//! the answer travels to the runtime with the command's token (see
+//! [`connector_core::abi`]); a runtime too old for that drives the plugin
+//! through `command`, so a plugin meant for old runtimes implements both.
+//!
 //! A plugin library must be built with `panic = "unwind"` (the default): the
 //! runtime refuses a `panic = "abort"` one, because a plugin panic would end
 //! the whole connector. Build it with the same toolchain as the runtime
@@ -57,7 +65,9 @@ mod host;
 
 pub use connector_core;
 pub use connector_core::abi;
-pub use connector_core::plugin::{DevicePlugin, DeviceSpec, EmitError, EventSink, PluginError, Reply};
+pub use connector_core::plugin::{
+    CommandResult, DevicePlugin, DeviceSpec, EmitError, EventSink, PluginError, Reply, Responder,
+};
 pub use connector_core::Message;
 pub use host::{log, spawn_worker, Level};
 

@@ -55,6 +55,7 @@ pub const fn declaration(header: DeclarationHeader, panic_strategy: u32) -> Plug
             command: Some(command),
             stop: Some(stop),
             destroy: Some(destroy),
+            command_deferred: None,
         },
     }
 }
