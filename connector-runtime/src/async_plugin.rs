@@ -533,6 +533,13 @@ mod tests {
         assert_eq!(dropped_on.lock().unwrap().as_deref(), Some("async-plugins"));
     }
 
+    /// Every device has an adapter for its whole life; it is one pointer, to
+    /// the link its task shares.
+    #[test]
+    fn the_adapter_stays_one_pointer() {
+        assert_eq!(std::mem::size_of::<AsyncDevice>(), std::mem::size_of::<usize>());
+    }
+
     #[test]
     fn settings_refused_or_a_factory_panic_come_back_from_create() {
         let (registry, _) = toys();
