@@ -428,6 +428,11 @@ pub type LocalFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output =
 /// at a time, in order; different devices' overlap. Never block in these
 /// methods: that stalls every async device (a blocking device is a
 /// [`DevicePlugin`]). Registered with the runtime's `async_plugin`.
+///
+/// A panic in a command is answered with an error and the device is
+/// created anew, as for a [`DevicePlugin`]; the other async devices go on.
+/// A background task of the plugin's own that fails should say so with
+/// [`EventSink::report_failure`].
 pub trait AsyncDevicePlugin: 'static {
     /// The device starts (also after a restart). Keep the sink to emit events;
     /// a background task of the plugin's own may run with

@@ -216,6 +216,17 @@ impl ConnectorBuilder {
         self
     }
 
+    /// Adds a compiled-in [`AsyncDevicePlugin`](connector_core::plugin::AsyncDevicePlugin)
+    /// under `name`: `factory` makes one instance per device, and every
+    /// instance runs on the async plugins' thread (see [`crate::async_plugin`]).
+    pub fn async_plugin<P, F>(self, name: impl Into<String>, factory: F) -> Self
+    where
+        P: connector_core::plugin::AsyncDevicePlugin,
+        F: Fn(&DeviceSpec) -> Result<P, PluginError> + Send + Sync + 'static,
+    {
+        self.plugin(name, crate::async_plugin::async_factory(factory))
+    }
+
     /// How many commands each device may have waiting before further ones
     /// are refused with an error reply (default
     /// [`MAILBOX_CAPACITY`](crate::device::MAILBOX_CAPACITY); at least 1).

@@ -13,9 +13,12 @@
 //! - [`loader`]: plugin libraries named in the config, checked and wrapped as plugins.
 //! - [`outbox`]: the bounded, ordered outgoing buffer.
 //! - [`pool`]: the threads plugin calls run on, never the link's.
+//! - [`async_plugin`]: async plugins, all on one thread with an actix runtime,
+//!   as ordinary plugins (`ConnectorBuilder::async_plugin`).
 //! - [`lifecycle`]: lifecycle events and counters.
 //! - [`metrics`]: `/metrics`, `/health` and `/devices` over HTTP (`metrics.listen`).
 
+pub mod async_plugin;
 pub mod connection;
 pub mod connector;
 pub mod device;
