@@ -91,8 +91,8 @@ pub struct Config {
     /// against the config file's directory. Default: none.
     pub plugins: Vec<PathBuf>,
     /// Most threads running plugin calls (`create`, `start`, `command`,
-    /// `stop`) at once, none of them the platform link's. Threads are made
-    /// as needed and end after a while unused. Default:
+    /// `stop`) at once, none of them the platform link's. The threads
+    /// start with the connector and sleep while idle. Default:
     /// [`DEFAULT_PLUGIN_THREADS`].
     pub plugin_threads: usize,
     /// The devices this connector represents. Default: none.
