@@ -106,24 +106,8 @@ impl Plan {
 pub fn run(plan: Plan) -> CommandsResult {
     let sim = harness::simulator(false);
     let config = harness::config(sim.lookup_url(), harness::devices(plan.devices, "e", "echo"));
-    let system = actix_rt::System::new();
-    system.block_on(async {
-        let connector = Connector::start(config).await.expect("the connector starts");
-        let n = plan.devices as u64;
-        harness::wait_async(&sim, Duration::from_millis(5), |c| c.devices_registered >= n)
-            .await
-            .expect("devices registered");
-        let sim2 = sim.clone();
-        let driver = std::thread::Builder::new()
-            .name("platform-driver".to_owned())
-            .spawn(move || drive(&sim2, plan))
-            .expect("driver thread starts");
-        while !driver.is_finished() {
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
-        let result = driver.join().expect("driver thread");
-        connector.shutdown(Duration::from_secs(1)).await;
-        result
+    harness::with_connector(&sim, Connector::builder(config), plan.devices as u64, move |sim| {
+        drive(&sim, plan)
     })
 }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use connector_core::config::{Config, DeviceConfig};
+use connector_runtime::ConnectorBuilder;
 use futures_util::FutureExt;
 use platform_sim::{CounterSnapshot, SimConfig, SimHandle, Simulator};
 
@@ -86,6 +87,35 @@ pub fn config(lookup_url: String, devices: Vec<DeviceConfig>) -> Config {
         config.plugin_threads = threads;
     }
     config
+}
+
+/// Starts the connector `builder` makes, waits until the simulator has
+/// `devices` registered, runs `drive` (the platform's side) on a thread of
+/// its own, and shuts the connector down once `drive` returns.
+pub fn with_connector<T: Send + 'static>(
+    sim: &SimHandle,
+    builder: ConnectorBuilder,
+    devices: u64,
+    drive: impl FnOnce(SimHandle) -> T + Send + 'static,
+) -> T {
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let connector = builder.start().await.expect("the connector starts");
+        wait_async(sim, Duration::from_millis(5), |c| c.devices_registered >= devices)
+            .await
+            .expect("devices registered");
+        let sim = sim.clone();
+        let driver = std::thread::Builder::new()
+            .name("platform-driver".to_owned())
+            .spawn(move || drive(sim))
+            .expect("driver thread starts");
+        while !driver.is_finished() {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        let result = driver.join().expect("driver thread");
+        connector.shutdown(Duration::from_secs(1)).await;
+        result
+    })
 }
 
 /// This process's resident memory (`VmRSS`), in KiB.

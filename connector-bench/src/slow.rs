@@ -127,28 +127,8 @@ fn neighbours(plan: Plan) -> (Latency, Latency, u64, u64, u64) {
     devices.extend(harness::devices(plan.slow, "s", "sleeper"));
     let config = harness::config(sim.lookup_url(), devices);
     let total = (plan.echo + plan.slow) as u64;
-    let system = actix_rt::System::new();
-    system.block_on(async {
-        let connector = Connector::builder(config)
-            .plugin("sleeper", sleeper(plan.slow_block))
-            .start()
-            .await
-            .expect("the connector starts");
-        harness::wait_async(&sim, Duration::from_millis(5), |c| c.devices_registered >= total)
-            .await
-            .expect("devices registered");
-        let sim2 = sim.clone();
-        let driver = std::thread::Builder::new()
-            .name("platform-driver".to_owned())
-            .spawn(move || drive_neighbours(&sim2, plan))
-            .expect("driver thread starts");
-        while !driver.is_finished() {
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
-        let result = driver.join().expect("driver thread");
-        connector.shutdown(Duration::from_secs(1)).await;
-        result
-    })
+    let builder = Connector::builder(config).plugin("sleeper", sleeper(plan.slow_block));
+    harness::with_connector(&sim, builder, total, move |sim| drive_neighbours(&sim, plan))
 }
 
 fn drive_neighbours(sim: &SimHandle, plan: Plan) -> (Latency, Latency, u64, u64, u64) {
@@ -205,35 +185,14 @@ fn many(plan: Plan) -> (usize, f64) {
     let sim = harness::simulator(false);
     let config = harness::config(sim.lookup_url(), harness::devices(plan.many, "m", "sleeper"));
     let threads = config.plugin_threads;
-    let system = actix_rt::System::new();
-    let per_s = system.block_on(async {
-        let connector = Connector::builder(config)
-            .plugin("sleeper", sleeper(plan.many_block))
-            .start()
-            .await
-            .expect("the connector starts");
-        let n = plan.many as u64;
-        harness::wait_async(&sim, Duration::from_millis(5), |c| c.devices_registered >= n)
-            .await
-            .expect("devices registered");
-        let sim2 = sim.clone();
-        let driver = std::thread::Builder::new()
-            .name("platform-driver".to_owned())
-            .spawn(move || {
-                let commands: Vec<Command> = (0..plan.many)
-                    .map(|i| Command::new(format!("m{i}"), "read").body("x"))
-                    .collect();
-                // One command in flight per device.
-                commands::counted(&sim2, &commands, plan.many, plan.measure / 4);
-                commands::counted(&sim2, &commands, plan.many, plan.measure).responses_per_s
-            })
-            .expect("driver thread starts");
-        while !driver.is_finished() {
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
-        let per_s = driver.join().expect("driver thread");
-        connector.shutdown(Duration::from_secs(1)).await;
-        per_s
+    let builder = Connector::builder(config).plugin("sleeper", sleeper(plan.many_block));
+    let per_s = harness::with_connector(&sim, builder, plan.many as u64, move |sim| {
+        let commands: Vec<Command> = (0..plan.many)
+            .map(|i| Command::new(format!("m{i}"), "read").body("x"))
+            .collect();
+        // One command in flight per device.
+        commands::counted(&sim, &commands, plan.many, plan.measure / 4);
+        commands::counted(&sim, &commands, plan.many, plan.measure).responses_per_s
     });
     (threads, per_s)
 }

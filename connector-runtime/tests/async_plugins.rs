@@ -16,7 +16,7 @@ use connector_core::plugin::{AsyncDevicePlugin, DeviceSpec, EventSink, LocalFutu
 use connector_core::Message;
 use connector_runtime::async_plugin::async_factory;
 use connector_runtime::{ConnectorBuilder, Lifecycle};
-use platform_sim::{Command, EventFilter, EventKind, SimHandle};
+use platform_sim::{Command, SimHandle};
 use serde::Deserialize;
 use util::*;
 
@@ -184,17 +184,6 @@ fn rest_factory(created: Arc<AtomicUsize>) -> impl Fn(&DeviceSpec) -> Result<Res
 
 fn rest_device(id: &str, base_url: &str) -> String {
     format!("  - {{ id: {id}, type: plug, name: {id}, plugin: rest, command_timeout_ms: 60000, settings: {{ base_url: \"{base_url}\" }} }}\n")
-}
-
-/// The responses `device` sent, in the order they reached the platform.
-async fn responses(sim: &SimHandle, device: &str) -> Vec<platform_sim::Event> {
-    sim.events_matching(EventFilter {
-        device: Some(device.to_owned()),
-        kind: Some(EventKind::Response),
-        since: None,
-        limit: Some(usize::MAX),
-    })
-    .await
 }
 
 async fn answer(sim: &SimHandle, device: &str, endpoint: &str, body: &str) -> String {

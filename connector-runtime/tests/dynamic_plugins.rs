@@ -19,7 +19,7 @@ use connector_core::abi;
 use connector_core::config::Config;
 use connector_core::plugin::{DevicePlugin, DeviceSpec, PluginError, PluginRegistry};
 use connector_runtime::{loader, Lifecycle};
-use platform_sim::{Command, Event, EventFilter, EventKind, SimHandle};
+use platform_sim::{Command, Event, SimHandle};
 use util::*;
 
 /// The libraries the tests load, by cargo target name.
@@ -303,17 +303,6 @@ async fn no_plugin_function_is_called_after_its_device_was_destroyed() {
     assert_eq!(gone(&calls).last().map(|c| c.call.as_str()), Some("drop"));
     assert_orderly_lives(&calls, "gone");
     assert_orderly_lives(&calls, "kept");
-}
-
-/// The `response:` frames `device` sent, in arrival order.
-async fn responses(sim: &SimHandle, device: &str) -> Vec<Event> {
-    sim.events_matching(EventFilter {
-        device: Some(device.to_owned()),
-        kind: Some(EventKind::Response),
-        since: None,
-        limit: Some(usize::MAX),
-    })
-    .await
 }
 
 /// Waits until `device` sent `count` responses, and returns them.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use connector_core::plugin::{DevicePlugin, DeviceSpec, PluginError, Reply, Responder};
 use connector_core::Message;
-use platform_sim::{Command, EventFilter, EventKind};
+use platform_sim::Command;
 use util::*;
 
 /// Holds whoever waits on it until the test opens it.
@@ -58,20 +58,6 @@ fn blocking_counted(
     move |_: &DeviceSpec| Ok(Box::new(Blocking(gate.clone(), calls.clone())) as Box<dyn DevicePlugin>)
 }
 
-/// The task ids of `device`'s responses, in the order the platform got them.
-async fn responses(sim: &platform_sim::SimHandle, device: Option<&str>) -> Vec<platform_sim::Message> {
-    sim.events_matching(EventFilter {
-        device: device.map(str::to_owned),
-        kind: Some(EventKind::Response),
-        since: None,
-        limit: Some(usize::MAX),
-    })
-    .await
-    .into_iter()
-    .map(|e| e.message)
-    .collect()
-}
-
 #[actix_rt::test]
 async fn a_device_blocked_for_three_pong_timeouts_leaves_the_session_up_and_its_neighbour_answers_first() {
     const PONG_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -104,17 +90,18 @@ async fn a_device_blocked_for_three_pong_timeouts_leaves_the_session_up_and_its_
     assert_eq!(connector.stats().sessions.load(Ordering::Relaxed), 1);
 
     gate.open();
-    let answered = eventually("the blocked command's answer", || async {
-        let all = responses(&sim, None).await;
-        all.iter().any(|m| m.task_id == stuck).then_some(all)
+    let late = eventually("the blocked command's answer", || async {
+        responses(&sim, "stuck-1")
+            .await
+            .into_iter()
+            .find(|e| e.message.task_id == stuck)
     })
     .await;
-    let position = |task: &str| answered.iter().position(|m| m.task_id == task).unwrap();
-    assert!(
-        position(&echo.message.task_id) < position(&stuck),
-        "the neighbour was answered first"
-    );
-    assert_eq!(answered[position(&stuck)].body, "late 1");
+    let neighbour = responses(&sim, "lamp-1").await.remove(0);
+    assert_eq!(neighbour.message.task_id, echo.message.task_id);
+    // `seq` numbers the frames in the order the platform got them.
+    assert!(neighbour.seq < late.seq, "the neighbour was answered first");
+    assert_eq!(late.message.body, "late 1");
     connector.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -167,7 +154,7 @@ async fn a_device_that_does_not_answer_in_time_gets_the_deadlines_error_and_its_
         .expect("the device answers again");
     assert_eq!(third.message.body, "late 3");
     assert_eq!(calls.load(Ordering::SeqCst), started + 1);
-    let all = responses(&sim, Some("stuck-1")).await;
+    let all = responses(&sim, "stuck-1").await;
     assert_eq!(all.len(), 3, "one answer per command: {all:?}");
     assert_eq!(stats.late_replies.load(Ordering::Relaxed), started as u64);
     connector.shutdown(Duration::from_secs(2)).await;
@@ -241,17 +228,17 @@ async fn a_plugin_answers_later_from_its_own_thread_each_answer_with_its_task_id
         sent.push((task, body));
     }
     let answers = eventually("three answers", || async {
-        let all = responses(&sim, Some("serial-1")).await;
+        let all = responses(&sim, "serial-1").await;
         (all.len() >= 3).then_some(all)
     })
     .await;
     assert_eq!(answers.len(), 3);
     for (task, body) in &sent {
-        let answer = answers.iter().find(|m| m.task_id == *task).expect("answered");
-        assert_eq!(answer.body, format!("worker: {body}"));
+        let answer = answers.iter().find(|e| e.message.task_id == *task).expect("answered");
+        assert_eq!(answer.message.body, format!("worker: {body}"));
     }
     // Answered in reverse: the third command's answer came first.
-    assert_eq!(answers[0].task_id, sent[2].0);
+    assert_eq!(answers[0].message.task_id, sent[2].0);
     assert_eq!(connector.stats().command_timeouts.load(Ordering::Relaxed), 0);
     connector.shutdown(Duration::from_secs(2)).await;
 }

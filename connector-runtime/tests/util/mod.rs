@@ -136,18 +136,29 @@ pub async fn device_ids(sim: &SimHandle) -> Vec<String> {
     ids
 }
 
-/// The bodies of the `change:` events `device` sent, in arrival order.
-pub async fn event_bodies(sim: &SimHandle, device: &str) -> Vec<String> {
+/// The frames of `kind` that `device` sent, in arrival order.
+pub async fn frames(sim: &SimHandle, device: &str, kind: EventKind) -> Vec<platform_sim::Event> {
     sim.events_matching(EventFilter {
         device: Some(device.to_owned()),
-        kind: Some(EventKind::Change),
+        kind: Some(kind),
         since: None,
         limit: Some(usize::MAX),
     })
     .await
-    .into_iter()
-    .map(|e| e.message.body)
-    .collect()
+}
+
+/// The `response:` frames `device` sent, in arrival order.
+pub async fn responses(sim: &SimHandle, device: &str) -> Vec<platform_sim::Event> {
+    frames(sim, device, EventKind::Response).await
+}
+
+/// The bodies of the `change:` events `device` sent, in arrival order.
+pub async fn event_bodies(sim: &SimHandle, device: &str) -> Vec<String> {
+    frames(sim, device, EventKind::Change)
+        .await
+        .into_iter()
+        .map(|e| e.message.body)
+        .collect()
 }
 
 /// `"0"`, `"1"`, ... as the bodies of numbered events.
