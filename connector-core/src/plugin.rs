@@ -313,6 +313,9 @@ type RespondFn = dyn FnOnce(CommandResult) + Send;
 /// dropped: the platform already has the deadline's error.
 pub struct Responder {
     respond: Option<Box<RespondFn>>,
+    /// Whether the command was answered already by someone else (its
+    /// deadline, a stop); see [`Responder::is_answered`].
+    answered: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl fmt::Debug for Responder {
@@ -328,7 +331,22 @@ impl Responder {
     pub fn new(respond: impl FnOnce(CommandResult) + Send + 'static) -> Self {
         Responder {
             respond: Some(Box::new(respond)),
+            answered: None,
         }
+    }
+
+    /// Adds what [`is_answered`](Self::is_answered) asks; the runtime sets it.
+    pub fn with_answered(mut self, answered: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.answered = Some(Arc::new(answered));
+        self
+    }
+
+    /// Whether the platform has its answer already without this responder:
+    /// the command's deadline passed, or the device was stopped. A plugin
+    /// that queues commands (for a worker thread) may skip those, so that a
+    /// "switch on" the platform was told failed does not run after all.
+    pub fn is_answered(&self) -> bool {
+        self.respond.is_none() || self.answered.as_ref().is_some_and(|answered| answered())
     }
 
     /// A responder feeding a channel, for tests and for driving a plugin by hand.

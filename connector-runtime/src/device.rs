@@ -734,7 +734,8 @@ fn run_inbox(
         }
         let responder = {
             let (pending, shared) = (pending.clone(), shared.clone());
-            Responder::new(move |result| pending.answer(result, &shared))
+            let asked = pending.clone();
+            Responder::new(move |result| pending.answer(result, &shared)).with_answered(move || asked.is_answered())
         };
         let Some(running) = plugin.as_mut() else { return };
         let called = catch_unwind(AssertUnwindSafe(|| {
