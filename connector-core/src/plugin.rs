@@ -308,7 +308,8 @@ type RespondFn = dyn FnOnce(CommandResult) + Send;
 /// [`DevicePlugin::command_deferred`] gets. Answer it once with
 /// [`send`](Self::send); a responder dropped unanswered answers the platform
 /// with an error, so no task waits forever (one dropped while its thread
-/// panics leaves the answer to the runtime, which reports the panic). An
+/// panics sends nothing: a panic in the call is answered by the runtime with
+/// the panic's text, one on a plugin's own thread by the deadline). An
 /// answer after the device's `command_timeout` is logged, counted and
 /// dropped: the platform already has the deadline's error.
 pub struct Responder {
@@ -395,7 +396,8 @@ impl Drop for Responder {
 ///
 /// # Threads
 /// Every call (`create` of its factory, `start`, `command`, `stop`, drop)
-/// runs on the runtime's plugin pool, never on the thread that talks to the
+/// runs on the runtime's plugin pool (plain threads; the settings check of
+/// `--check` on a thread of its own), never on the thread that talks to the
 /// platform. A call may block (a device's HTTP API, a serial read): it holds
 /// up this device's next command and one pool thread, nothing else. A
 /// command not answered within the device's `command_timeout_ms` gets the

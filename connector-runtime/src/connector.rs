@@ -55,7 +55,7 @@ pub enum StartError {
     Pool {
         threads: usize,
         #[source]
-        source: std::io::Error,
+        source: rayon_core::ThreadPoolBuildError,
     },
     /// The persistent outbox (`platform.buffer.path`) cannot be opened.
     #[error(transparent)]

@@ -14,8 +14,8 @@
 //! Replies go from the pool straight to the outbox, and the link's thread
 //! hears from a job only when its plugin failed. Each command has a
 //! deadline (`command_timeout_ms`), kept by the actor: the first of the
-//! plugin's answer and the deadline's error reply wins, and the other is
-//! dropped and counted.
+//! plugin's answer and the deadline's error reply wins; a late answer is
+//! dropped and counted, a command already past its deadline is not run.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +31,7 @@ use connector_core::plugin::{
     CommandResult, DevicePlugin, DeviceSpec, EmitError, EventSink, PluginError, PluginRegistry, Reply, Responder,
 };
 use connector_core::Message as PlatformMessage;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -233,6 +234,9 @@ struct Home {
     /// The launch waits for a predecessor to stop (see `DeviceActor::start_after`).
     held: bool,
     retired: bool,
+    /// The actor took in a failure of this instance and schedules the
+    /// restart; later reports of it change nothing.
+    failure_seen: bool,
     /// Retired, and the plugin stopped and dropped (or never made).
     gone: bool,
     /// Whoever waits for `gone`.
@@ -249,19 +253,6 @@ impl Instance {
             accepting: AtomicBool::new(true),
             home: Mutex::new(Home {
                 waiting: true,
-                ..Home::default()
-            }),
-        })
-    }
-
-    /// An instance without a plugin that takes nothing: between a failure
-    /// and the restart.
-    fn dead() -> Arc<Self> {
-        Arc::new(Instance {
-            accepting: AtomicBool::new(false),
-            home: Mutex::new(Home {
-                retired: true,
-                gone: true,
                 ..Home::default()
             }),
         })
@@ -302,6 +293,10 @@ impl Instance {
         let mut home = self.lock();
         if let Some(next) = home.inbox.pop_front() {
             return Some(next);
+        }
+        if home.inbox.capacity() > 16 {
+            // A burst is over: an idle device keeps no room for the next one.
+            home.inbox = VecDeque::new();
         }
         home.out = false;
         if home.retired {
@@ -437,7 +432,7 @@ impl Pending {
         if !self.claim() {
             Stats::bump(&shared.events.stats.late_replies);
             warn!(device_id = %command.device_id, task_id = %command.task_id, endpoint = %command.endpoint,
-                "the device answered after its command_timeout; the answer was dropped");
+                "the device answered a command the platform already had an answer to (its deadline, a stop or a restart); the answer was dropped");
             return;
         }
         let reply = match result {
@@ -500,6 +495,10 @@ pub struct DeviceActor {
     restarts: Option<Box<Restarts>>,
     /// Made while commands are unanswered.
     work: Option<Box<Work>>,
+    /// Set by `start_after` until the launch: a stop before it waits for the
+    /// predecessor too, so that a reload right after a reload never runs
+    /// the oldest and the newest instance at once.
+    predecessor: Option<Shared<BoxFuture<'static, ()>>>,
 }
 
 /// A failing device's history, for the back-off and the give-up rule.
@@ -520,6 +519,7 @@ impl DeviceActor {
             instance: Instance::waiting(),
             restarts: None,
             work: None,
+            predecessor: None,
         }
     }
 
@@ -528,12 +528,15 @@ impl DeviceActor {
     /// must not run two plugin instances at once, which a plugin holding a
     /// serial port or a bound socket could not survive. Commands wait
     /// meanwhile, each with its deadline.
-    pub fn start_after(self, predecessor: impl std::future::Future<Output = ()> + 'static) -> Addr<Self> {
+    pub fn start_after(self, predecessor: impl std::future::Future<Output = ()> + Send + 'static) -> Addr<Self> {
+        let predecessor = predecessor.boxed().shared();
         DeviceActor::create(move |ctx| {
+            let mut actor = self;
+            actor.predecessor = Some(predecessor.clone());
             ctx.spawn(actix::fut::wrap_future(predecessor).map(|(), act: &mut Self, ctx| act.launch(ctx)));
             // Tells `started` that the launch is taken care of.
-            self.instance.lock().held = true;
-            self
+            actor.instance.lock().held = true;
+            actor
         })
     }
 
@@ -562,6 +565,7 @@ impl DeviceActor {
     /// Creates and starts the plugin on the pool, then runs what waits in
     /// its inbox; a failure or panic schedules a restart.
     fn launch(&mut self, ctx: &mut Context<Self>) {
+        self.predecessor = None;
         let fresh = {
             let home = self.instance.lock();
             home.waiting && !home.retired
@@ -574,6 +578,16 @@ impl DeviceActor {
         let (shared, spec, instance) = (self.shared.clone(), self.spec.clone(), self.instance.clone());
         let actor = ctx.address().downgrade();
         let job: Job = Box::new(move || {
+            if instance.lock().retired {
+                // Stopped before its turn came: nothing is made.
+                let waited = instance.fail(None, spec.id());
+                refuse_each(
+                    waited,
+                    &format!("device {} stopped before it answered", spec.id()),
+                    &shared,
+                );
+                return;
+            }
             let started = catch_unwind(AssertUnwindSafe(|| {
                 let mut plugin = shared.plugins.create(&spec)?;
                 plugin.start(sink)?;
@@ -615,24 +629,21 @@ impl DeviceActor {
         let Some(work) = self.work.as_mut() else { return };
         work.timer = None;
         let now = Instant::now();
+        let mut expired = false;
         while let Some(front) = work.pending.front() {
             if !front.is_answered() {
                 if front.deadline > now {
                     break;
                 }
-                let reason = format!(
-                    "device {:?} did not answer within {} (command_timeout_ms: {})",
-                    self.spec.id(),
-                    human(self.spec.command_timeout()),
-                    self.spec.command_timeout_ms
-                );
-                if front.refuse(&reason, &self.shared) {
-                    Stats::bump(&self.shared.events.stats.command_timeouts);
-                    warn!(device_id = %self.spec.id(), task_id = %front.command.task_id, endpoint = %front.command.endpoint,
-                        "{reason}; the platform got an error reply");
-                }
+                timed_out(front, &self.spec, &self.shared);
+                expired = true;
             }
             work.pending.pop_front();
+        }
+        if expired {
+            // What expired waiting behind a hung call leaves the inbox now,
+            // so a device stuck for an hour does not pile up its commands.
+            self.instance.lock().inbox.retain(|p| !p.is_answered());
         }
         if work.pending.is_empty() {
             self.work = None;
@@ -665,9 +676,9 @@ impl DeviceActor {
     fn crashed(&mut self, reason: String, ctx: &mut Context<Self>) {
         Stats::bump(&self.shared.events.stats.plugin_errors);
         let gone = self.retire(&format!("device {} is restarting", self.id()));
-        // Until the launch: commands are refused, and later reports about
-        // the failed instance find it replaced.
-        self.instance = Instance::dead();
+        // Until the launch the retired instance refuses commands, and a
+        // stop waits for it to be gone.
+        self.instance.lock().failure_seen = true;
         let now = Instant::now();
         let id = self.spec.id();
         let restarts = self.restarts.get_or_insert_with(|| Box::new(Restarts::new()));
@@ -729,7 +740,12 @@ fn run_inbox(
     while let Some(pending) = instance.next(&mut plugin, spec.id()) {
         if pending.is_answered() {
             debug!(device_id = %spec.id(), task_id = %pending.command.task_id,
-                "command skipped: its deadline passed before the device was free");
+                "command skipped: it was answered (its deadline passed) before the device was free");
+            continue;
+        }
+        if Instant::now() >= pending.deadline {
+            // Past its deadline, the timer not yet run: answered here, not run.
+            timed_out(&pending, spec, shared);
             continue;
         }
         let responder = {
@@ -753,6 +769,22 @@ fn run_inbox(
             report(actor, instance, reason);
             return;
         }
+    }
+}
+
+/// Answers a command past its deadline with the deadline's error, if
+/// nothing answered it yet, and counts it.
+fn timed_out(pending: &Pending, spec: &DeviceSpec, shared: &DeviceShared) {
+    let reason = format!(
+        "device {:?} did not answer within {} (command_timeout_ms: {})",
+        spec.id(),
+        human(spec.command_timeout()),
+        spec.command_timeout_ms
+    );
+    if pending.refuse(&reason, shared) {
+        Stats::bump(&shared.events.stats.command_timeouts);
+        warn!(device_id = %spec.id(), task_id = %pending.command.task_id, endpoint = %pending.command.endpoint,
+            "{reason}; the platform got an error reply");
     }
 }
 
@@ -820,6 +852,13 @@ impl Handler<DeviceCommand> for DeviceActor {
 
     fn handle(&mut self, DeviceCommand(command, slot): DeviceCommand, ctx: &mut Self::Context) {
         let pending = Pending::new(command, slot, self.spec.command_timeout());
+        if matches!(ctx.state(), ActorState::Stopping | ActorState::Stopped) {
+            pending.refuse(
+                &format!("device {} stopped before it answered", self.id()),
+                &self.shared,
+            );
+            return;
+        }
         match self.instance.post(pending.clone()) {
             Ok(plugin) => {
                 if let Some(plugin) = plugin {
@@ -855,9 +894,16 @@ impl Handler<StopDevice> for DeviceActor {
         let gone = self.retire(&reason);
         // The command the plugin runs now may still be answered by it.
         let unanswered = self.take_pending(ctx);
+        let predecessor = self.predecessor.take();
         ctx.stop();
         let (spec, shared) = (self.spec.clone(), self.shared.clone());
         Box::pin(async move {
+            let gone = async move {
+                if let Some(predecessor) = predecessor {
+                    predecessor.await;
+                }
+                let _ = gone.await;
+            };
             if tokio::time::timeout(STOP_TIMEOUT, gone).await.is_err() {
                 warn!(device_id = %spec.id(), timeout_s = STOP_TIMEOUT.as_secs(),
                     "the plugin did not stop in time; going on without it (it keeps one plugin thread until it returns)");
@@ -871,8 +917,11 @@ impl Handler<PluginFailed> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, failed: PluginFailed, ctx: &mut Self::Context) {
-        // A report about an instance already replaced changes nothing.
-        if Arc::ptr_eq(&failed.instance, &self.instance) {
+        // A report about an instance already replaced, or one whose failure
+        // was taken in already, changes nothing; nor one for a device that
+        // is stopping.
+        let stopping = matches!(ctx.state(), ActorState::Stopping | ActorState::Stopped);
+        if Arc::ptr_eq(&failed.instance, &self.instance) && !stopping && !self.instance.lock().failure_seen {
             self.crashed(failed.reason, ctx);
         }
     }

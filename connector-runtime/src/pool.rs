@@ -1,38 +1,36 @@
 //! The plugin pool: the threads every plugin call runs on (`create`,
-//! `start`, `command`, `stop`, the settings check), so that no plugin ever
-//! runs on the thread that reads, writes and pings the platform socket.
+//! `start`, `command`, `stop`), so that no plugin ever runs on the thread
+//! that reads, writes and pings the platform socket.
 //!
-//! It is a tokio multi-thread runtime of its own with `plugin_threads`
-//! workers, each job a task that runs to its end on one worker. A job may
-//! block (a plugin waiting on a device): that worker is taken, and the
-//! others take the queued jobs, stealing from its queue too. tokio's
-//! blocking pool would fit the blocking better, but it wakes a thread per
-//! job: in one run it gave pipelined commands half the rate of the
-//! work-stealing workers, which hand jobs over without waking anyone while
-//! they are busy. Per-device order is kept by the device actor, which lets
-//! one job at a time run a device's plugin.
+//! It is a rayon thread pool of `plugin_threads` threads. A job may block (a
+//! plugin waiting on a device): that thread is taken, and the others take
+//! the queued jobs, stealing from its queue too. Busy threads take the next
+//! job without being woken, which tokio's blocking pool does not (it woke a
+//! thread per job, half the pipelined command rate in one run). tokio's
+//! multi-thread runtime was as quick, but its threads forbid what a plugin
+//! may well do: `block_on` an async SDK, `blocking_recv`. These threads are
+//! plain ones. Per-device order is kept by the device actor, which lets one
+//! job at a time run a device's plugin.
 
 use std::future::Future;
 use std::sync::Mutex;
 
+use tracing::error;
+
 /// Why a pool job gave no result.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// The pool was shut down before the job ran.
-    #[error("the plugin pool is shut down")]
-    ShutDown,
-    /// The job panicked; plugin calls catch their own panics, so this is a
-    /// bug in the runtime's job.
-    #[error("a plugin pool job panicked")]
-    Panicked,
+    /// The job panicked, or it ran on after the pool was shut down and its
+    /// result was not awaited any more. Plugin calls catch their own panics,
+    /// so a panic here is a bug in the runtime's job.
+    #[error("a plugin pool job panicked or was dropped")]
+    Lost,
 }
 
 /// A bounded pool of threads for plugin calls; see the module docs.
 pub struct PluginPool {
-    /// `Mutex<Option<_>>` so that shutting down, which needs the runtime by
-    /// value, works through a shared handle.
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    handle: tokio::runtime::Handle,
+    /// `None` once shut down.
+    pool: Mutex<Option<rayon_core::ThreadPool>>,
     threads: usize,
 }
 
@@ -43,17 +41,24 @@ impl std::fmt::Debug for PluginPool {
 }
 
 impl PluginPool {
-    /// A pool of at most `threads` threads (at least one).
-    pub fn new(threads: usize) -> std::io::Result<Self> {
+    /// A pool of `threads` threads (at least one).
+    pub fn new(threads: usize) -> Result<Self, rayon_core::ThreadPoolBuildError> {
         let threads = threads.max(1);
-        // No I/O or timer driver: jobs are plain calls.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("plugin")
+        let pool = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|n| format!("plugin-{n}"))
+            // Without a handler a panicking job aborts the process.
+            .panic_handler(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("a plugin pool job panicked: {text}");
+            })
             .build()?;
         Ok(PluginPool {
-            handle: runtime.handle().clone(),
-            runtime: Mutex::new(Some(runtime)),
+            pool: Mutex::new(Some(pool)),
             threads,
         })
     }
@@ -64,38 +69,31 @@ impl PluginPool {
     }
 
     /// Runs `job` on a pool thread; the future, awaitable on any runtime,
-    /// gives its result. Jobs beyond the bound wait for a free thread.
+    /// gives its result. Jobs beyond the bound wait for a free thread. After
+    /// [`shut_down`](Self::shut_down) a job gets a thread of its own, so that
+    /// plugin code never runs on the caller's thread.
     pub fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = Result<T, PoolError>> + Send + 'static {
-        let handle = self.handle.spawn(async move { job() });
-        async move {
-            handle.await.map_err(|e| {
-                if e.is_panic() {
-                    PoolError::Panicked
-                } else {
-                    PoolError::ShutDown
-                }
-            })
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = move || {
+            let _ = tx.send(job());
+        };
+        match &*self.pool.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(pool) => pool.spawn(job),
+            None => {
+                let _ = std::thread::Builder::new().name("plugin-late".into()).spawn(job);
+            }
         }
+        async move { rx.await.map_err(|_| PoolError::Lost) }
     }
 
     /// Lets go of the threads without waiting for jobs still running (a
     /// plugin hung in a call): they end on their own when it returns.
     pub fn shut_down(&self) {
-        let runtime = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(runtime) = runtime {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for PluginPool {
-    fn drop(&mut self) {
-        // Dropping a runtime waits for its blocking jobs, and is not allowed
-        // inside another runtime at all.
-        self.shut_down();
+        // Dropping a rayon pool only tells its threads to end.
+        drop(self.pool.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 
@@ -132,10 +130,25 @@ mod tests {
     }
 
     #[test]
-    fn a_job_after_shutdown_reports_it() {
+    fn a_job_after_shutdown_still_runs_off_the_callers_thread() {
         let pool = PluginPool::new(1).unwrap();
         pool.shut_down();
+        let caller = std::thread::current().id();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        assert!(matches!(rt.block_on(pool.run(|| 1)), Err(PoolError::ShutDown)));
+        let ran_on = rt.block_on(pool.run(|| std::thread::current().id())).unwrap();
+        assert_ne!(ran_on, caller);
+    }
+
+    #[test]
+    fn a_job_may_block_on_a_runtime_of_its_own() {
+        // What a plugin wrapping an async SDK does; tokio forbids it on its
+        // own worker threads.
+        let pool = PluginPool::new(1).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = rt.block_on(pool.run(|| {
+            let inner = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            inner.block_on(async { 7 })
+        }));
+        assert_eq!(got.unwrap(), 7);
     }
 }
