@@ -307,8 +307,8 @@ type RespondFn = dyn FnOnce(CommandResult) + Send;
 /// The answer to one command, to be given later and from any thread: what
 /// [`DevicePlugin::command_deferred`] gets. Answer it once with
 /// [`send`](Self::send); a responder dropped unanswered answers the platform
-/// with an error, so no task waits forever (one dropped while its thread
-/// panics sends nothing: a panic in the call is answered by the runtime with
+/// with an error, so no task waits forever (one dropped when the platform has
+/// its answer already, or while its thread panics, sends nothing: a panic in the call is answered by the runtime with
 /// the panic's text, one on a plugin's own thread by the deadline). An
 /// answer after the device's `command_timeout` is logged, counted and
 /// dropped: the platform already has the deadline's error.
@@ -377,12 +377,20 @@ impl Responder {
     pub fn error(self, error: impl Into<String>) {
         self.send(Err(PluginError::new(error)));
     }
+
+    /// Lets go of a command without answering it: for one the platform has
+    /// its answer to already ([`is_answered`](Self::is_answered)), which a
+    /// dropped responder would otherwise answer once more (dropped, and
+    /// counted as a late reply).
+    pub fn abandon(mut self) {
+        self.respond = None;
+    }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(respond) = self.respond.take() {
-            if !std::thread::panicking() {
+            if !std::thread::panicking() && !self.answered.as_ref().is_some_and(|answered| answered()) {
                 respond(Err(PluginError::new(
                     "the plugin dropped the command without answering it",
                 )));

@@ -12,14 +12,36 @@
 //! in a local task of that thread for its whole life, taking calls from the
 //! adapter one at a time, in order:
 //!
-//! - `start` and `stop`: the adapter waits for the answer (`stop` at most
-//!   [`STOP_WAIT`], so a hung async `stop` holds no pool thread for long);
+//! - `start`: the adapter waits for the answer;
 //! - a command: [`DevicePlugin::command_deferred`] hands it over with its
 //!   [`Responder`] and returns at once; the task awaits the plugin's answer
-//!   and sends it. While one device awaits, the others' tasks run.
+//!   and sends it. While one device awaits, the others' tasks run. A command
+//!   the platform has its answer to by the time its turn comes (its
+//!   `command_timeout_ms` passed while an earlier one ran) is skipped, never
+//!   given to the plugin;
+//! - `stop`: cuts the command in flight short (its future is dropped, and it
+//!   is answered with an error), answers the commands queued before the stop
+//!   with an error without running them, and then awaits the plugin's `stop`
+//!   for at most [`STOP_WAIT`]; the adapter waits for that, so a hung async
+//!   `stop` holds no pool thread for long.
 //!
-//! Dropping the adapter ends the task at once, even in the middle of a call,
-//! and the instance is dropped on its own thread.
+//! # Waits without a limit
+//!
+//! The factory (in `create`) and `start` are waited for without any time
+//! limit, exactly as a sync plugin's are: one that never finishes holds the
+//! pool thread that called it, and that device's launch, until it does.
+//! Neither the device's `command_timeout_ms` nor its stop time-out applies
+//! to them. Only `stop` is bounded.
+//!
+//! # Dropping the adapter
+//!
+//! Dropping the adapter ends the task at once, even in the middle of a
+//! call: the command in flight is dropped and answered with an error, as are
+//! those queued. If the plugin was started and its `stop` has not run since
+//! (the adapter's `stop` gave up waiting, or was never called), the task
+//! runs it first, for at most [`STOP_WAIT`], so the background tasks the
+//! plugin spawned in `start` end with the device instead of piling up, one
+//! more per restart. The instance is then dropped on its own thread.
 //!
 //! # Panics
 //!
@@ -47,16 +69,26 @@ use connector_core::plugin::{
 };
 use connector_core::Message;
 use futures_util::FutureExt;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::device::panic_text;
 
-/// How long the adapter's `stop` waits for the async `stop` before it lets
-/// the pool thread go; below the device's own
+/// How long an async plugin's `stop` may run on the thread before its future
+/// is dropped unfinished, whether the adapter's `stop` asked for it or the
+/// adapter was dropped without one. The adapter's `stop` waits for it (and
+/// half a second more), which stays below the device's own
 /// [`STOP_TIMEOUT`](crate::device::STOP_TIMEOUT), so the device is not held
-/// up either. The task goes on without anyone waiting, and ends when the
-/// adapter is dropped right after.
+/// up either.
 pub const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// How much longer than [`STOP_WAIT`] the adapter's `stop` waits: the limit
+/// is counted on the thread, from when the `stop` begins there.
+const STOP_SLACK: Duration = Duration::from_millis(500);
+
+/// A link's queue whose capacity grew past this many calls gives it back
+/// once it is empty: a burst of commands must not cost one device that
+/// memory for its whole life.
+const QUEUE_KEEP: usize = 8;
 
 /// Makes a [`PluginFactory`] of an async plugin's factory, for a
 /// [`PluginRegistry`](connector_core::plugin::PluginRegistry); the builder's
@@ -186,12 +218,23 @@ fn start_thread() -> Result<tokio::sync::mpsc::UnboundedSender<Job>, PluginError
     Ok(tx)
 }
 
-/// A call from the adapter to its task.
+/// A call from the adapter to its task. Every payload but a stop's is boxed:
+/// a queue's slots are as large as its biggest call, and a `start` (a sink
+/// and a channel) or a command (a message and its responder) is large.
 enum Call {
-    Start(EventSink, SyncSender<Result<Result<(), PluginError>, Panic>>),
-    /// Boxed: a message is large, and a queue's slots are as large as its biggest call.
-    Command(Box<Message>, Responder),
+    Start(Box<Start>),
+    Command(Box<Queued>),
     Stop(SyncSender<()>),
+}
+
+struct Start {
+    events: EventSink,
+    done: SyncSender<Result<Result<(), PluginError>, Panic>>,
+}
+
+struct Queued {
+    command: Message,
+    reply: Responder,
 }
 
 /// One device's calls, from its adapter (on any thread) to its task: a
@@ -206,12 +249,45 @@ struct Link {
 #[derive(Default)]
 struct Queue {
     calls: VecDeque<Call>,
+    /// Stops queued and not taken yet: the command in flight is cut short,
+    /// and those queued before the stop are refused.
+    stops: usize,
     /// The task, to wake when a call comes or the adapter is dropped.
     task: Option<Waker>,
     /// The adapter was dropped: the task ends.
     dropped: bool,
     /// The task ended: calls are refused.
     ended: bool,
+}
+
+impl Queue {
+    fn put(&mut self, call: Call) {
+        if matches!(call, Call::Stop(_)) {
+            self.stops += 1;
+        }
+        self.calls.push_back(call);
+    }
+
+    /// The next call; an emptied queue that had grown gives its memory back.
+    fn take(&mut self) -> Option<Call> {
+        let call = self.calls.pop_front()?;
+        if matches!(call, Call::Stop(_)) {
+            self.stops -= 1;
+        }
+        if self.calls.is_empty() && self.calls.capacity() > QUEUE_KEEP {
+            self.calls = VecDeque::new();
+        }
+        Some(call)
+    }
+
+    fn is_dropped(&self) -> bool {
+        self.dropped
+    }
+
+    /// A stop was asked for, or the adapter dropped: the call in flight ends.
+    fn is_stopping(&self) -> bool {
+        self.dropped || self.stops > 0
+    }
 }
 
 impl Link {
@@ -226,7 +302,7 @@ impl Link {
             if queue.ended {
                 return Err(call);
             }
-            queue.calls.push_back(call);
+            queue.put(call);
             queue.task.take()
         };
         if let Some(task) = task {
@@ -249,7 +325,7 @@ impl Link {
             if queue.dropped {
                 return Poll::Ready(None);
             }
-            if let Some(call) = queue.calls.pop_front() {
+            if let Some(call) = queue.take() {
                 return Poll::Ready(Some(call));
             }
             Link::park(&mut queue, cx.waker());
@@ -258,22 +334,30 @@ impl Link {
         .await
     }
 
-    /// Awaits `work`, or gives up on it (dropping it unfinished) when the
-    /// adapter is dropped meanwhile.
-    async fn unless_dropped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+    /// Awaits `work`, or gives up on it (dropping it unfinished) as soon as
+    /// `cut` holds for the queue.
+    async fn unless<T>(&self, cut: fn(&Queue) -> bool, work: impl Future<Output = T>) -> Option<T> {
         let mut work = std::pin::pin!(work);
         poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(Some(done));
             }
             let mut queue = self.lock();
-            if queue.dropped {
+            if cut(&queue) {
                 return Poll::Ready(None);
             }
             Link::park(&mut queue, cx.waker());
             Poll::Pending
         })
         .await
+    }
+
+    /// Refuses calls from now on; the calls left, to be dealt with.
+    fn end(&self) -> VecDeque<Call> {
+        let mut queue = self.lock();
+        queue.ended = true;
+        queue.stops = 0;
+        std::mem::take(&mut queue.calls)
     }
 }
 
@@ -284,12 +368,7 @@ struct Ending(Arc<Link>);
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        let left = {
-            let mut queue = self.0.lock();
-            queue.ended = true;
-            std::mem::take(&mut queue.calls)
-        };
-        drop(left);
+        drop(self.0.end());
     }
 }
 
@@ -303,33 +382,85 @@ fn spawn_task<P: AsyncDevicePlugin>(plugin: P, device_id: String) -> Arc<Link> {
     link
 }
 
-/// Takes the adapter's calls one at a time, in order, until it is dropped.
+/// Lets go of the responder of a command the platform has its answer to
+/// already (its deadline passed, or the device stopped), without a second
+/// answer that would count as a late reply.
+fn let_go(reply: Responder) {
+    reply.abandon();
+}
+
+/// Answers `reply` with an error, unless the platform has its answer already.
+fn refuse(reply: Responder, reason: impl FnOnce() -> String) {
+    if reply.is_answered() {
+        let_go(reply);
+    } else {
+        reply.error(reason());
+    }
+}
+
+/// The error of a command the device stopped before answering, as the
+/// device actor words it too.
+fn stopped_before(id: &str) -> String {
+    format!("device {id} stopped before it answered")
+}
+
+/// Awaits the plugin's `stop` for at most [`STOP_WAIT`], containing a panic.
+async fn stop_plugin<P: AsyncDevicePlugin>(plugin: &mut P, id: &str) {
+    // In the future, so that a panic in the call itself is caught too.
+    let stopping = AssertUnwindSafe(async { plugin.stop().await }).catch_unwind();
+    match actix_rt::time::timeout(STOP_WAIT, stopping).await {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => warn!(device_id = %id, "plugin panicked while stopping: {}", panic_text(&panic)),
+        Err(_) => warn!(device_id = %id, timeout_s = STOP_WAIT.as_secs(),
+            "the async plugin's stop did not finish in time; it was dropped unfinished"),
+    }
+}
+
+/// Takes the adapter's calls one at a time, in order, until it is dropped;
+/// then stops the plugin if it was left started, and drops it.
 async fn serve<P: AsyncDevicePlugin>(mut plugin: P, ending: Ending) {
     let link = &*ending.0;
     let id = link.device_id.as_str();
     let mut events: Option<EventSink> = None;
+    // From a successful start until a stop: whatever the plugin spawned in
+    // `start` runs until its `stop` ends it.
+    let mut owes_stop = false;
     // Set by a panic in a command: later ones are refused until a stop.
     let mut failed = false;
     while let Some(call) = link.next().await {
         match call {
-            Call::Start(sink, done) => {
-                let started = AssertUnwindSafe(plugin.start(sink.clone())).catch_unwind();
-                let Some(started) = link.unless_dropped(started).await else {
+            Call::Start(start) => {
+                let Start { events: sink, done } = *start;
+                let starting = AssertUnwindSafe(async { plugin.start(sink.clone()).await }).catch_unwind();
+                let Some(started) = link.unless(Queue::is_dropped, starting).await else {
                     break;
                 };
+                owes_stop |= matches!(started, Ok(Ok(())));
                 events = Some(sink);
                 failed = false;
                 let _ = done.send(started);
             }
-            Call::Command(command, reply) => {
-                if failed {
-                    reply.error(format!("device {id} is restarting"));
+            Call::Command(queued) => {
+                let Queued { command, reply } = *queued;
+                if reply.is_answered() {
+                    debug!(device_id = %id, task_id = %command.task_id, endpoint = %command.endpoint,
+                        "command skipped: it was answered (its deadline passed) before the device was free");
+                    let_go(reply);
                     continue;
                 }
-                let answer = AssertUnwindSafe(plugin.command(&command)).catch_unwind();
-                let Some(answer) = link.unless_dropped(answer).await else {
-                    reply.error(format!("device {id} stopped before it answered"));
-                    break;
+                if failed {
+                    refuse(reply, || format!("device {id} is restarting"));
+                    continue;
+                }
+                if link.lock().is_stopping() {
+                    refuse(reply, || stopped_before(id));
+                    continue;
+                }
+                let answering = AssertUnwindSafe(async { plugin.command(&command).await }).catch_unwind();
+                let Some(answer) = link.unless(Queue::is_stopping, answering).await else {
+                    // The loop goes on to the stop, or ends if the adapter is gone.
+                    refuse(reply, || stopped_before(id));
+                    continue;
                 };
                 match answer {
                     Ok(result) => reply.send(result),
@@ -345,18 +476,23 @@ async fn serve<P: AsyncDevicePlugin>(mut plugin: P, ending: Ending) {
                 }
             }
             Call::Stop(done) => {
-                let stopped = AssertUnwindSafe(plugin.stop()).catch_unwind();
-                let Some(stopped) = link.unless_dropped(stopped).await else {
-                    break;
-                };
-                if let Err(panic) = stopped {
-                    warn!(device_id = %id, "plugin panicked while stopping: {}", panic_text(&panic));
-                }
+                stop_plugin(&mut plugin, id).await;
+                owes_stop = false;
                 events = None;
                 let _ = done.send(());
             }
         }
     }
+    // The adapter is gone: answer what it left queued now, not after the stop.
+    for call in link.end() {
+        if let Call::Command(queued) = call {
+            refuse(queued.reply, || stopped_before(id));
+        }
+    }
+    if owes_stop {
+        stop_plugin(&mut plugin, id).await;
+    }
+    drop(events);
     if catch_unwind(AssertUnwindSafe(move || drop(plugin))).is_err() {
         warn!(device_id = %id, "plugin panicked while being dropped");
     }
@@ -377,10 +513,12 @@ impl AsyncDevice {
 }
 
 impl DevicePlugin for AsyncDevice {
+    /// Waits for the async `start` without a limit, as for a sync plugin.
     fn start(&mut self, events: EventSink) -> Result<(), PluginError> {
         off_the_thread("start")?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.link.push(Call::Start(events, tx)).map_err(|_| self.gone())?;
+        let (done, rx) = mpsc::sync_channel(1);
+        let call = Call::Start(Box::new(Start { events, done }));
+        self.link.push(call).map_err(|_| self.gone())?;
         match rx.recv() {
             Ok(Ok(started)) => started,
             Ok(Err(panic)) => resume_unwind(panic),
@@ -399,7 +537,11 @@ impl DevicePlugin for AsyncDevice {
     }
 
     fn command_deferred(&mut self, command: &Message, reply: Responder) {
-        if let Err(_call) = self.link.push(Call::Command(Box::new(command.clone()), reply)) {
+        let queued = Queued {
+            command: command.clone(),
+            reply,
+        };
+        if let Err(_call) = self.link.push(Call::Command(Box::new(queued))) {
             // Only a bug ends the task before the adapter is dropped. The
             // panic makes the pool job answer the command (the responder,
             // dropped while panicking, leaves it to the job) and restart the
@@ -408,6 +550,9 @@ impl DevicePlugin for AsyncDevice {
         }
     }
 
+    /// Cuts the command in flight short and waits for the async `stop`, at
+    /// most [`STOP_WAIT`] (and a little, as the limit is counted on the
+    /// thread).
     fn stop(&mut self) {
         if let Err(e) = off_the_thread("stop") {
             return warn!(device_id = %self.link.device_id, "{e}");
@@ -416,7 +561,7 @@ impl DevicePlugin for AsyncDevice {
         if self.link.push(Call::Stop(tx)).is_err() {
             return;
         }
-        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(STOP_WAIT) {
+        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(STOP_WAIT + STOP_SLACK) {
             warn!(device_id = %self.link.device_id, timeout_s = STOP_WAIT.as_secs(),
                 "the async plugin did not stop in time; it is dropped unfinished");
         }
@@ -440,40 +585,104 @@ impl Drop for AsyncDevice {
 mod tests {
     use super::*;
     use connector_core::plugin::{CommandResult, LocalFuture, PluginRegistry};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Instant;
 
     /// What a [`Responder::channel`] answers on.
     type Answer = mpsc::Receiver<CommandResult>;
 
+    /// What the toys did, for the tests to look at.
+    #[derive(Default)]
+    struct Record {
+        /// The thread an instance was dropped on.
+        dropped_on: Mutex<Option<String>>,
+        /// The endpoints of the commands the plugins were given, in order.
+        seen: Mutex<Vec<String>>,
+        /// How many times `stop` ran.
+        stops: AtomicUsize,
+        /// Background tasks spawned by `start` still running.
+        pollers: AtomicUsize,
+        /// Opened by the test; `gated` waits for it.
+        gate: tokio::sync::Notify,
+    }
+
+    impl Record {
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    /// Polls `done` until it holds, or fails naming `what` after [`WAIT`].
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Answers `echo` after a real wait on the thread's timer, panics on
-    /// `boom` after one, hangs on `hang`, and records where it was dropped.
+    /// `boom` after one, hangs on `hang`, waits for the record's gate on
+    /// `gated`. `start` spawns a background task that `stop` ends.
     struct Toy {
-        dropped_on: Arc<Mutex<Option<String>>>,
+        record: Arc<Record>,
+        poller: Option<actix_rt::task::JoinHandle<()>>,
+    }
+
+    /// Held by a toy's background task, which the runtime drops when it ends.
+    struct Polling(Arc<Record>);
+
+    impl Drop for Polling {
+        fn drop(&mut self) {
+            self.0.pollers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     impl AsyncDevicePlugin for Toy {
+        fn start(&mut self, _events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
+            self.record.pollers.fetch_add(1, Ordering::SeqCst);
+            let polling = Polling(self.record.clone());
+            self.poller = Some(actix_rt::spawn(async move {
+                let _polling = polling;
+                std::future::pending::<()>().await
+            }));
+            Box::pin(async { Ok(()) })
+        }
+
         fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>> {
             Box::pin(async move {
-                actix_rt::time::sleep(Duration::from_millis(1)).await;
+                self.record.seen.lock().unwrap().push(command.endpoint.clone());
+                match command.endpoint.as_str() {
+                    "hang" => std::future::pending().await,
+                    "gated" => self.record.gate.notified().await,
+                    _ => actix_rt::time::sleep(Duration::from_millis(1)).await,
+                }
                 match command.endpoint.as_str() {
                     "boom" => panic!("toy blew up"),
-                    "hang" => std::future::pending().await,
                     _ => Ok(Reply::body(command.payload.clone())),
                 }
             })
+        }
+
+        fn stop(&mut self) -> LocalFuture<'_, ()> {
+            self.record.stops.fetch_add(1, Ordering::SeqCst);
+            if let Some(poller) = self.poller.take() {
+                poller.abort();
+            }
+            Box::pin(async {})
         }
     }
 
     impl Drop for Toy {
         fn drop(&mut self) {
             let thread = std::thread::current().name().map(str::to_owned);
-            *self.dropped_on.lock().unwrap() = thread;
+            *self.record.dropped_on.lock().unwrap() = thread;
         }
     }
 
-    fn toys() -> (PluginRegistry, Arc<Mutex<Option<String>>>) {
-        let dropped_on = Arc::new(Mutex::new(None));
-        let on = dropped_on.clone();
+    fn toys() -> (PluginRegistry, Arc<Record>) {
+        let record = Arc::new(Record::default());
+        let kept = record.clone();
         let mut registry = PluginRegistry::new();
         registry.register(
             "toy",
@@ -484,10 +693,13 @@ mod tests {
                 if spec.settings.get("panic").is_some() {
                     panic!("the toy factory fell over");
                 }
-                Ok(Toy { dropped_on: on.clone() })
+                Ok(Toy {
+                    record: kept.clone(),
+                    poller: None,
+                })
             }),
         );
-        (registry, dropped_on)
+        (registry, record)
     }
 
     fn spec(settings: serde_json::Value) -> DeviceSpec {
@@ -511,26 +723,33 @@ mod tests {
         answer
     }
 
+    /// A started toy device.
+    fn started(registry: &PluginRegistry) -> Box<dyn DevicePlugin> {
+        let mut device = registry.create(&spec(serde_json::json!({}))).unwrap();
+        let (sink, _events) = EventSink::channel("toy-1");
+        device.start(sink).unwrap();
+        device
+    }
+
     const WAIT: Duration = Duration::from_secs(20);
 
     #[test]
     fn commands_are_answered_in_order_and_the_instance_is_dropped_on_its_thread() {
-        let (registry, dropped_on) = toys();
-        let mut device = registry.create(&spec(serde_json::json!({}))).unwrap();
-        let (sink, _events) = EventSink::channel("toy-1");
-        device.start(sink).unwrap();
+        let (registry, record) = toys();
+        let mut device = started(&registry);
         let answers: Vec<Answer> = (0..20).map(|i| deferred(&mut device, "echo", &i.to_string())).collect();
         for (i, answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.recv_timeout(WAIT).unwrap().unwrap().body, i.to_string());
         }
         device.stop();
         drop(device);
-        let start = Instant::now();
-        while dropped_on.lock().unwrap().is_none() {
-            assert!(start.elapsed() < WAIT, "the instance was never dropped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(dropped_on.lock().unwrap().as_deref(), Some("async-plugins"));
+        wait_until("the instance dropped", || record.dropped_on.lock().unwrap().is_some());
+        assert_eq!(record.dropped_on.lock().unwrap().as_deref(), Some("async-plugins"));
+        assert_eq!(
+            record.stops.load(Ordering::SeqCst),
+            1,
+            "stopped once, not again when dropped"
+        );
     }
 
     /// Every device has an adapter for its whole life; it is one pointer, to
@@ -538,6 +757,35 @@ mod tests {
     #[test]
     fn the_adapter_stays_one_pointer() {
         assert_eq!(std::mem::size_of::<AsyncDevice>(), std::mem::size_of::<usize>());
+    }
+
+    /// A queue's slots are as large as a call: a tag and a channel at most.
+    #[test]
+    fn a_call_stays_small() {
+        assert!(
+            std::mem::size_of::<Call>() <= 3 * std::mem::size_of::<usize>(),
+            "Call is {} bytes",
+            std::mem::size_of::<Call>()
+        );
+    }
+
+    #[test]
+    fn a_queue_that_grew_gives_its_memory_back_once_empty() {
+        let mut queue = Queue::default();
+        let stop = || Call::Stop(mpsc::sync_channel(1).0);
+        for _ in 0..100 {
+            queue.put(stop());
+        }
+        assert_eq!(queue.stops, 100);
+        while queue.take().is_some() {}
+        assert_eq!((queue.stops, queue.calls.capacity()), (0, 0));
+        // A small one keeps its slots, to be used again without allocating.
+        for _ in 0..QUEUE_KEEP {
+            queue.put(stop());
+        }
+        let capacity = queue.calls.capacity();
+        while queue.take().is_some() {}
+        assert_eq!(queue.calls.capacity(), capacity);
     }
 
     #[test]
@@ -580,23 +828,69 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_behind_a_hung_command_is_given_up_on_and_dropping_the_adapter_ends_the_command() {
-        let (registry, dropped_on) = toys();
-        let mut device = registry.create(&spec(serde_json::json!({}))).unwrap();
-        let (sink, _events) = EventSink::channel("toy-1");
-        device.start(sink).unwrap();
+    fn a_stop_cuts_a_hung_command_short_refuses_those_queued_and_runs_the_plugins_stop() {
+        let (registry, record) = toys();
+        let mut device = started(&registry);
+        assert_eq!(record.pollers.load(Ordering::SeqCst), 1);
         let hung = deferred(&mut device, "hang", "");
-        let start = Instant::now();
+        wait_until("the hung command at the plugin", || record.seen() == ["hang"]);
+        let queued = deferred(&mut device, "echo", "never");
         device.stop();
-        let waited = start.elapsed();
-        assert!(waited >= STOP_WAIT, "stop returned after {waited:?}");
+        // The stop was not stuck behind the command: it ran, and ended the
+        // background task `start` spawned.
+        assert_eq!(record.stops.load(Ordering::SeqCst), 1);
+        wait_until("the background task ended", || {
+            record.pollers.load(Ordering::SeqCst) == 0
+        });
+        let stopped = "device toy-1 stopped before it answered";
+        assert_eq!(hung.recv_timeout(WAIT).unwrap().unwrap_err().message, stopped);
+        assert_eq!(queued.recv_timeout(WAIT).unwrap().unwrap_err().message, stopped);
+        assert_eq!(record.seen(), ["hang"], "the queued command never ran");
+        drop(device);
+        wait_until("the instance dropped", || record.dropped_on.lock().unwrap().is_some());
+        assert_eq!(record.stops.load(Ordering::SeqCst), 1, "not stopped twice");
+    }
+
+    #[test]
+    fn dropping_a_started_adapter_without_a_stop_runs_the_plugins_stop_first() {
+        let (registry, record) = toys();
+        let mut device = started(&registry);
+        let hung = deferred(&mut device, "hang", "");
+        wait_until("the hung command at the plugin", || record.seen() == ["hang"]);
         drop(device);
         let answer = hung.recv_timeout(WAIT).unwrap().unwrap_err().message;
         assert_eq!(answer, "device toy-1 stopped before it answered");
-        let start = Instant::now();
-        while dropped_on.lock().unwrap().is_none() {
-            assert!(start.elapsed() < WAIT, "the instance was never dropped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the instance dropped", || record.dropped_on.lock().unwrap().is_some());
+        // Stopped before it was dropped.
+        assert_eq!(record.stops.load(Ordering::SeqCst), 1);
+        wait_until("the background task ended", || {
+            record.pollers.load(Ordering::SeqCst) == 0
+        });
+
+        // One never started (a settings check) is dropped without a stop.
+        let (registry, record) = toys();
+        registry.check_settings(&spec(serde_json::json!({}))).unwrap();
+        wait_until("the instance dropped", || record.dropped_on.lock().unwrap().is_some());
+        assert_eq!(record.stops.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_command_answered_before_its_turn_is_never_given_to_the_plugin() {
+        let (registry, record) = toys();
+        let mut device = started(&registry);
+        let first = deferred(&mut device, "gated", "first");
+        wait_until("the first command at the plugin", || record.seen() == ["gated"]);
+        // The second's deadline passes while the first runs.
+        let deadline_passed = Arc::new(AtomicBool::new(false));
+        let passed = deadline_passed.clone();
+        let (reply, _second) = Responder::channel();
+        let reply = reply.with_answered(move || passed.load(Ordering::SeqCst));
+        device.command_deferred(&command("skipped", ""), reply);
+        let third = deferred(&mut device, "echo", "third");
+        deadline_passed.store(true, Ordering::SeqCst);
+        record.gate.notify_one();
+        assert_eq!(first.recv_timeout(WAIT).unwrap().unwrap().body, "first");
+        assert_eq!(third.recv_timeout(WAIT).unwrap().unwrap().body, "third");
+        assert_eq!(record.seen(), ["gated", "echo"]);
     }
 }

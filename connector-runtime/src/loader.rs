@@ -57,9 +57,18 @@
 //! thread the library calls it on, also after the instance is gone. A token
 //! that is not in the table (never handed out, answered already, or taken
 //! back because the call failed) is ignored, so nothing a library passes can
-//! reach freed memory. A library that accepts a command and never answers it
-//! leaves its entry behind: the platform got the deadline's error long
-//! before, and the entry costs a few bytes.
+//! reach freed memory.
+//!
+//! A library that accepts a command and never answers it would leave its
+//! entry behind for good, and with it the command's responder, which holds
+//! the whole command and a share of the connector's state. So the table is
+//! swept as it grows: an insert that finds it at least twice as large as the
+//! last sweep left it (and at 256 entries or more) first takes out every
+//! entry the platform has its answer to already (the command's deadline
+//! passed, or its device stopped) and lets it go. The library's answer for
+//! such a token, should it still come, is ignored like a spent one. Sweeping
+//! costs a constant per command however many wait, and the table stays
+//! within twice the commands still waiting for their answer (or 256).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
@@ -497,9 +506,61 @@ struct Waiting {
 }
 
 /// The commands libraries are to answer, by token; see the module docs.
-static WAITING: LazyLock<Mutex<HashMap<u64, Waiting>>> = LazyLock::new(Mutex::default);
+static WAITING: LazyLock<Mutex<Table>> = LazyLock::new(Mutex::default);
 /// The next token; 0 is never handed out.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// The size below which the table of deferred commands is never swept.
+const SWEEP_AT: usize = 256;
+
+/// The deferred commands by token, swept as it grows (see the module docs).
+#[derive(Default)]
+struct Table {
+    waiting: HashMap<u64, Waiting>,
+    /// Twice what the last sweep left (0 before the first one).
+    sweep_at: usize,
+}
+
+impl Table {
+    /// Keeps `waiting` under `token`. Gives back the entries a sweep took
+    /// out to make room, to be let go of once the table's lock is released
+    /// (letting go of a responder runs the runtime's code).
+    fn insert(&mut self, token: u64, waiting: Waiting) -> Vec<Waiting> {
+        let swept = if self.waiting.len() >= self.sweep_at.max(SWEEP_AT) {
+            self.sweep()
+        } else {
+            Vec::new()
+        };
+        self.waiting.insert(token, waiting);
+        swept
+    }
+
+    /// Takes out every entry the platform has its answer to already.
+    fn sweep(&mut self) -> Vec<Waiting> {
+        let answered: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, waiting)| waiting.responder.is_answered())
+            .map(|(&token, _)| token)
+            .collect();
+        let swept = answered.iter().filter_map(|token| self.waiting.remove(token)).collect();
+        self.sweep_at = 2 * self.waiting.len();
+        // What a burst of unanswered commands grew goes back, but not the
+        // room the table may fill before the next sweep.
+        self.waiting.shrink_to(self.sweep_at.max(SWEEP_AT));
+        swept
+    }
+
+    fn take(&mut self, token: u64) -> Option<Waiting> {
+        self.waiting.remove(&token)
+    }
+}
+
+/// Lets go of a deferred command the platform has its answer to already,
+/// without a second answer that would count as a late reply.
+fn let_go(waiting: Waiting) {
+    waiting.responder.abandon();
+}
 
 /// Keeps `responder` until the library answers; returns its token.
 fn await_reply(responder: Responder, library: &Arc<PluginLibrary>) -> u64 {
@@ -508,16 +569,23 @@ fn await_reply(responder: Responder, library: &Arc<PluginLibrary>) -> u64 {
         responder,
         library: library.clone(),
     };
-    WAITING
+    let swept = WAITING
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(token, waiting);
+    if !swept.is_empty() {
+        debug!(
+            swept = swept.len(),
+            "let go of deferred commands plugin libraries never answered; the platform had its answers already"
+        );
+        swept.into_iter().for_each(let_go);
+    }
     token
 }
 
 /// The command waiting under `token`, taken out: only one taker gets it.
 fn take_waiting(token: u64) -> Option<Waiting> {
-    WAITING.lock().unwrap_or_else(PoisonError::into_inner).remove(&token)
+    WAITING.lock().unwrap_or_else(PoisonError::into_inner).take(token)
 }
 
 unsafe extern "C" fn host_reply(token: u64, status: Status, bytes: AbiStr) {
@@ -1041,6 +1109,40 @@ mod tests {
             err.starts_with("plugin library libdeferred.so: the deferred reply does not parse: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_growing_table_lets_go_of_the_commands_the_platform_has_its_answer_to() {
+        // SAFETY: a whole, static declaration.
+        let library =
+            Arc::new(unsafe { inspect(Path::new("libleaky.so"), (&OLD as *const DeclarationV1_0).cast()) }.unwrap());
+        let entry = |answered: bool| Waiting {
+            responder: Responder::new(|_| {}).with_answered(move || answered),
+            library: library.clone(),
+        };
+        let mut table = Table::default();
+        // Every other command's deadline passes; the library answers none.
+        for token in 1..=SWEEP_AT as u64 {
+            assert!(table.insert(token, entry(token % 2 == 0)).is_empty(), "swept early");
+        }
+        let swept = table.insert(1000, entry(false));
+        assert_eq!(swept.len(), SWEEP_AT / 2);
+        assert!(swept.iter().all(|waiting| waiting.responder.is_answered()));
+        let mut left: Vec<u64> = table.waiting.keys().copied().collect();
+        left.sort_unstable();
+        let mut expected: Vec<u64> = (1..=SWEEP_AT as u64).filter(|t| t % 2 == 1).collect();
+        expected.push(1000);
+        assert_eq!(left, expected, "the commands still waiting stay, answerable");
+        assert!(table.take(1).is_some());
+
+        // The next sweep waits until the table has doubled, and one that
+        // finds everything still waiting takes nothing.
+        let waiting = table.waiting.len();
+        for token in 2000..2000 + waiting as u64 {
+            assert!(table.insert(token, entry(false)).is_empty());
+        }
+        assert!(table.insert(5000, entry(false)).is_empty());
+        assert_eq!(table.waiting.len(), 2 * waiting + 1);
     }
 
     unsafe extern "C" fn never_command_deferred(_: *mut c_void, _: AbiStr, _: u64, _: AbiOut) -> Status {

@@ -408,3 +408,196 @@ async fn a_factory_refusing_its_settings_is_reported_like_any_plugins() {
     assert_eq!(answer(&sim, "good-1", "on", "").await, "on");
     connector.shutdown(Duration::from_secs(2)).await;
 }
+
+// ---- a device that hangs, for stopping and deadlines ----
+
+/// What the `stubborn` plugin's instances did.
+#[derive(Default)]
+struct Stubborn {
+    /// The endpoints of the commands they were given, in order.
+    seen: Mutex<Vec<String>>,
+    /// How many times `stop` ran.
+    stops: AtomicUsize,
+    /// Background tasks spawned by `start` that still run.
+    pollers: AtomicUsize,
+    /// Opened by the test; `gated` waits for it.
+    gate: tokio::sync::Notify,
+}
+
+impl Stubborn {
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// `hang` never finishes, `gated` waits for the test to open the gate,
+/// anything else is answered at once. `start` spawns a background task that
+/// only `stop` ends.
+struct StubbornDevice {
+    record: Arc<Stubborn>,
+    poller: Option<actix_rt::task::JoinHandle<()>>,
+}
+
+/// Held by a background task; dropped when the task ends.
+struct Polling(Arc<Stubborn>);
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.0.pollers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl AsyncDevicePlugin for StubbornDevice {
+    fn start(&mut self, _events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
+        self.record.pollers.fetch_add(1, Ordering::SeqCst);
+        let polling = Polling(self.record.clone());
+        self.poller = Some(actix_rt::spawn(async move {
+            let _polling = polling;
+            loop {
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>> {
+        Box::pin(async move {
+            self.record.seen.lock().unwrap().push(command.endpoint.clone());
+            match command.endpoint.as_str() {
+                "hang" => std::future::pending().await,
+                "gated" => self.record.gate.notified().await,
+                _ => {}
+            }
+            Ok(Reply::body(command.endpoint.clone()))
+        })
+    }
+
+    fn stop(&mut self) -> LocalFuture<'_, ()> {
+        Box::pin(async {
+            self.record.stops.fetch_add(1, Ordering::SeqCst);
+            if let Some(poller) = self.poller.take() {
+                poller.abort();
+            }
+        })
+    }
+}
+
+fn with_stubborn(record: &Arc<Stubborn>) -> impl FnOnce(ConnectorBuilder) -> ConnectorBuilder {
+    let record = record.clone();
+    move |builder| {
+        builder.async_plugin("stubborn", move |_: &DeviceSpec| {
+            Ok(StubbornDevice {
+                record: record.clone(),
+                poller: None,
+            })
+        })
+    }
+}
+
+fn stubborn_device(id: &str, command_timeout_ms: u64) -> String {
+    format!("  - {{ id: {id}, type: plug, name: {id}, plugin: stubborn, command_timeout_ms: {command_timeout_ms} }}\n")
+}
+
+/// The response to the command `task` of `device`, once it is in.
+async fn response_to(sim: &SimHandle, device: &str, task: &str) -> platform_sim::Event {
+    eventually(&format!("the answer to {task}"), || async {
+        responses(sim, device)
+            .await
+            .into_iter()
+            .find(|r| r.message.task_id == task)
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn stopping_an_async_device_with_a_hung_command_runs_its_stop_and_answers_the_command() {
+    let sim = simulator().await;
+    let record = Arc::new(Stubborn::default());
+    let config = config_for(&sim, &stubborn_device("hung-1", 60_000));
+    let connector = connected_with(&sim, with_stubborn(&record), config).await;
+    let mut events = connector.subscribe();
+    let hung = sim.send_command(&Command::new("hung-1", "hang")).await.unwrap();
+    eventually("the command at the plugin", || async {
+        (record.seen() == ["hang"]).then_some(())
+    })
+    .await;
+    assert_eq!(record.pollers.load(Ordering::SeqCst), 1);
+
+    let device = connector_core::Device::new("hung-1", "plug", "hung-1");
+    connector.unregister(&device).await.unwrap();
+    wait_event(&mut events, "the device stopped", |e| {
+        *e == Lifecycle::DeviceStopped {
+            device: "hung-1".into(),
+        }
+    })
+    .await;
+    // The stop was not stuck behind the hung command: it ran, and ended the
+    // task `start` spawned.
+    eventually("the plugin's stop", || async {
+        (record.stops.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    eventually("the background task ended", || async {
+        (record.pollers.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+    let answer = response_to(&sim, "hung-1", &hung).await;
+    assert_eq!(
+        error_text(&answer.message.body),
+        "device hung-1 stopped before it answered"
+    );
+    assert_eq!(record.stops.load(Ordering::SeqCst), 1, "stopped once");
+    connector.shutdown(Duration::from_secs(2)).await;
+}
+
+#[actix_rt::test]
+async fn a_command_whose_deadline_passed_while_it_waited_is_never_given_to_the_async_plugin() {
+    let sim = simulator().await;
+    let record = Arc::new(Stubborn::default());
+    let config = config_for(&sim, &stubborn_device("gate-1", 300));
+    let connector = connected_with(&sim, with_stubborn(&record), config).await;
+
+    sim.send_command(&Command::new("gate-1", "gated")).await.unwrap();
+    eventually("the first command at the plugin", || async {
+        (record.seen() == ["gated"]).then_some(())
+    })
+    .await;
+    let second = sim.send_command(&Command::new("gate-1", "second")).await.unwrap();
+    let answer = response_to(&sim, "gate-1", &second).await;
+    assert!(
+        error_text(&answer.message.body).contains("did not answer within"),
+        "{}",
+        answer.message.body
+    );
+    record.gate.notify_one();
+
+    // One device's commands run in order: once a later one reaches the
+    // plugin, the second one's turn has passed. A probe whose own deadline
+    // passes before its turn (a very slow machine) is skipped too; the next
+    // one is sent then.
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let endpoint = format!("probe-{probes}");
+        let task = sim.send_command(&Command::new("gate-1", &endpoint)).await.unwrap();
+        let reached = eventually("the probe at the plugin or its deadline", || async {
+            if record.seen().contains(&endpoint) {
+                return Some(true);
+            }
+            let answered = responses(&sim, "gate-1")
+                .await
+                .iter()
+                .any(|r| r.message.task_id == task);
+            answered.then_some(false)
+        })
+        .await;
+        if reached {
+            break;
+        }
+    }
+    let seen = record.seen();
+    assert_eq!(seen[0], "gated");
+    assert!(!seen.iter().any(|e| e == "second"), "the second command ran: {seen:?}");
+    assert_eq!(seen.last(), Some(&format!("probe-{probes}")));
+    connector.shutdown(Duration::from_secs(2)).await;
+}
