@@ -412,7 +412,10 @@ impl Drop for Responder {
 /// platform an error reply. A device that answers from a thread of its own
 /// (a serial port's worker) implements [`command_deferred`](Self::command_deferred)
 /// instead and answers through the [`Responder`]; one that awaits I/O can be
-/// an [`AsyncDevicePlugin`] instead.
+/// an [`AsyncDevicePlugin`] instead. The pool is a rayon pool: a plugin
+/// compiled into the program that uses rayon itself should give it a pool
+/// of its own, since the global `rayon::join` or `par_iter` called in a
+/// plugin call would run on (and wait for) the plugin pool.
 pub trait DevicePlugin: Send + 'static {
     /// The device starts (also after a restart). Keep the sink to emit events.
     fn start(&mut self, events: EventSink) -> Result<(), PluginError> {

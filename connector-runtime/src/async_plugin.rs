@@ -838,7 +838,7 @@ mod tests {
         device.stop();
         // The stop was not stuck behind the command: it ran, and ended the
         // background task `start` spawned.
-        assert_eq!(record.stops.load(Ordering::SeqCst), 1);
+        wait_until("the plugin's stop", || record.stops.load(Ordering::SeqCst) == 1);
         wait_until("the background task ended", || {
             record.pollers.load(Ordering::SeqCst) == 0
         });

@@ -707,10 +707,18 @@ impl DeviceActor {
             attempt: restarts.times.len(),
             delay,
         });
-        // The new instance starts only once the old one is gone (or hung in
-        // `stop` past its time-out), so two never run at once.
+        // The new instance starts only once the old one is gone, so two
+        // never run at once: a plugin hung in a call or in `stop` is not
+        // restarted until it returns (its commands are refused meanwhile).
+        let device_id = self.spec.clone();
         let wait = async move {
-            let (_, _) = tokio::join!(tokio::time::sleep(delay), tokio::time::timeout(STOP_TIMEOUT, gone));
+            let mut gone = gone;
+            let (_, waited) = tokio::join!(tokio::time::sleep(delay), tokio::time::timeout(STOP_TIMEOUT, &mut gone));
+            if waited.is_err() {
+                warn!(device_id = %device_id.id(), timeout_s = STOP_TIMEOUT.as_secs(),
+                    "the failed plugin has not returned from its call or its stop; the restart waits for it");
+                let _ = gone.await;
+            }
         };
         ctx.spawn(actix::fut::wrap_future(wait).map(|(), act: &mut Self, ctx| act.launch(ctx)));
     }
@@ -781,10 +789,12 @@ fn timed_out(pending: &Pending, spec: &DeviceSpec, shared: &DeviceShared) {
         human(spec.command_timeout()),
         spec.command_timeout_ms
     );
-    if pending.refuse(&reason, shared) {
+    if pending.claim() {
+        // Counted before the reply leaves, so whoever sees the reply sees the count.
         Stats::bump(&shared.events.stats.command_timeouts);
         warn!(device_id = %spec.id(), task_id = %pending.command.task_id, endpoint = %pending.command.endpoint,
             "{reason}; the platform got an error reply");
+        enqueue(&shared.outbox, &shared.events, &error_reply(&pending.command, &reason));
     }
 }
 
@@ -852,13 +862,6 @@ impl Handler<DeviceCommand> for DeviceActor {
 
     fn handle(&mut self, DeviceCommand(command, slot): DeviceCommand, ctx: &mut Self::Context) {
         let pending = Pending::new(command, slot, self.spec.command_timeout());
-        if matches!(ctx.state(), ActorState::Stopping | ActorState::Stopped) {
-            pending.refuse(
-                &format!("device {} stopped before it answered", self.id()),
-                &self.shared,
-            );
-            return;
-        }
         match self.instance.post(pending.clone()) {
             Ok(plugin) => {
                 if let Some(plugin) = plugin {
@@ -918,10 +921,8 @@ impl Handler<PluginFailed> for DeviceActor {
 
     fn handle(&mut self, failed: PluginFailed, ctx: &mut Self::Context) {
         // A report about an instance already replaced, or one whose failure
-        // was taken in already, changes nothing; nor one for a device that
-        // is stopping.
-        let stopping = matches!(ctx.state(), ActorState::Stopping | ActorState::Stopped);
-        if Arc::ptr_eq(&failed.instance, &self.instance) && !stopping && !self.instance.lock().failure_seen {
+        // was taken in already, changes nothing.
+        if Arc::ptr_eq(&failed.instance, &self.instance) && !self.instance.lock().failure_seen {
             self.crashed(failed.reason, ctx);
         }
     }

@@ -165,6 +165,9 @@ pub struct RegistryActor {
     backoff: Backoff,
     /// Commands a device actor may have waiting; see [`Mailbox`].
     mailbox_capacity: usize,
+    /// Set by [`StopAll`]: the devices are stopping, and a command for one
+    /// would be dropped unhandled with its actor, so it is answered here.
+    stopping: bool,
 }
 
 impl RegistryActor {
@@ -188,6 +191,7 @@ impl RegistryActor {
             retry: None,
             backoff,
             mailbox_capacity: MAILBOX_CAPACITY,
+            stopping: false,
         }
     }
 
@@ -400,6 +404,10 @@ impl Handler<IncomingCommand> for RegistryActor {
 
     fn handle(&mut self, IncomingCommand(command): IncomingCommand, _ctx: &mut Self::Context) {
         match self.devices.get(&command.device_id).map(|e| (&e.route, &e.mailbox)) {
+            Some((Route::Actor(_), _)) if self.stopping => {
+                let reason = format!("device {} is stopping: the connector shuts down", command.device_id);
+                crate::device::enqueue(&self.outbox, &self.events, &error_reply(&command, &reason));
+            }
             Some((Route::Actor(addr), mailbox)) => match mailbox.try_reserve() {
                 Some(slot) => {
                     let stats = &self.events.stats;
@@ -536,6 +544,7 @@ impl Handler<StopAll> for RegistryActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
         let stops: Vec<_> = self
             .devices
             .values()

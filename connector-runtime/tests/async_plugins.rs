@@ -554,7 +554,9 @@ async fn stopping_an_async_device_with_a_hung_command_runs_its_stop_and_answers_
 async fn a_command_whose_deadline_passed_while_it_waited_is_never_given_to_the_async_plugin() {
     let sim = simulator().await;
     let record = Arc::new(Stubborn::default());
-    let config = config_for(&sim, &stubborn_device("gate-1", 300));
+    // Long enough for the plugin to start on a slow machine before the
+    // first command's deadline; the second one's passes while it waits.
+    let config = config_for(&sim, &stubborn_device("gate-1", 2000));
     let connector = connected_with(&sim, with_stubborn(&record), config).await;
 
     sim.send_command(&Command::new("gate-1", "gated")).await.unwrap();
