@@ -100,13 +100,6 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct Slot(Arc<AtomicUsize>);
 
-impl Slot {
-    /// Gives the place back now, without waiting for the drop.
-    fn release(self) {
-        drop(self);
-    }
-}
-
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -243,9 +236,6 @@ struct Home {
     waiters: Vec<oneshot::Sender<()>>,
 }
 
-/// A pool job, boxed so that both kinds share one type.
-type Job = Box<dyn FnOnce() + Send>;
-
 impl Instance {
     /// An instance that takes commands until it is launched.
     fn waiting() -> Arc<Self> {
@@ -350,7 +340,7 @@ impl Instance {
                 drop(home);
                 let (me, spec) = (self.clone(), spec.clone());
                 // Not awaited: the receiver tells when it is done.
-                drop(pool.run(move || me.finish(Some(plugin), spec.id())));
+                pool.spawn(move || me.finish(Some(plugin), spec.id()));
             }
             None if !home.out => {
                 drop(home);
@@ -418,9 +408,9 @@ impl Pending {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            if let Some(slot) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                slot.release();
-            }
+            // The place is given back now, not when the last holder of the
+            // command lets go of it.
+            drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
         first
     }
@@ -577,7 +567,7 @@ impl DeviceActor {
         let sink = self.sink(ctx);
         let (shared, spec, instance) = (self.shared.clone(), self.spec.clone(), self.instance.clone());
         let actor = ctx.address().downgrade();
-        let job: Job = Box::new(move || {
+        self.shared.pool.spawn(move || {
             if instance.lock().retired {
                 // Stopped before its turn came: nothing is made.
                 let waited = instance.fail(None, spec.id());
@@ -608,7 +598,6 @@ impl DeviceActor {
             refuse_each(waited, &format!("device {} is restarting", spec.id()), &shared);
             report(&actor, &instance, reason);
         });
-        drop(self.shared.pool.run(job));
     }
 
     /// Arms the deadline timer for the front command, if none is armed.
@@ -867,8 +856,9 @@ impl Handler<DeviceCommand> for DeviceActor {
                 if let Some(plugin) = plugin {
                     let (instance, shared, spec) = (self.instance.clone(), self.shared.clone(), self.spec.clone());
                     let actor = ctx.address().downgrade();
-                    let job: Job = Box::new(move || run_inbox(plugin, &instance, &shared, &spec, &actor));
-                    drop(self.shared.pool.run(job));
+                    self.shared
+                        .pool
+                        .spawn(move || run_inbox(plugin, &instance, &shared, &spec, &actor));
                 }
                 let work = self.work.get_or_insert_with(Box::default);
                 work.settle();

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 
 use tracing::error;
 
+use crate::device::panic_text;
+
 /// Why a pool job gave no result.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -48,14 +50,7 @@ impl PluginPool {
             .num_threads(threads)
             .thread_name(|n| format!("plugin-{n}"))
             // Without a handler a panicking job aborts the process.
-            .panic_handler(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                error!("a plugin pool job panicked: {text}");
-            })
+            .panic_handler(|panic| error!("a plugin pool job panicked: {}", panic_text(&panic)))
             .build()?;
         Ok(PluginPool {
             pool: Mutex::new(Some(pool)),
@@ -68,24 +63,30 @@ impl PluginPool {
         self.threads
     }
 
-    /// Runs `job` on a pool thread; the future, awaitable on any runtime,
-    /// gives its result. Jobs beyond the bound wait for a free thread. After
-    /// [`shut_down`](Self::shut_down) a job gets a thread of its own, so that
-    /// plugin code never runs on the caller's thread.
-    pub fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> impl Future<Output = Result<T, PoolError>> + Send + 'static {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = move || {
-            let _ = tx.send(job());
-        };
+    /// Runs `job` on a pool thread, for its effects only (the device
+    /// actor's jobs, which report back on their own). Jobs beyond the bound
+    /// wait for a free thread. After [`shut_down`](Self::shut_down) a job
+    /// gets a thread of its own, so that plugin code never runs on the
+    /// caller's thread.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         match &*self.pool.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(pool) => pool.spawn(job),
             None => {
                 let _ = std::thread::Builder::new().name("plugin-late".into()).spawn(job);
             }
         }
+    }
+
+    /// Runs `job` as [`spawn`](Self::spawn) does; the future, awaitable on
+    /// any runtime, gives its result.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, PoolError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn(move || {
+            let _ = tx.send(job());
+        });
         async move { rx.await.map_err(|_| PoolError::Lost) }
     }
 
