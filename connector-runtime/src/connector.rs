@@ -395,36 +395,71 @@ fn check_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Result<(), Strin
         .map_err(|e| format!("device {:?}{}: {e}", spec.id(), origin(spec)))
 }
 
-/// Runs `check` over `specs` in order (plugin code: a factory may block) and
-/// collects its problems, noting in `current` which device it is at, so that
-/// a check given up after a time-out can name it (see [`hung`]).
-fn check_all<F>(
-    specs: Vec<DeviceSpec>,
-    check: F,
-) -> (impl FnOnce() -> Vec<String> + Send, Arc<std::sync::Mutex<String>>)
-where
-    F: Fn(&DeviceSpec) -> Option<String> + Send + 'static,
-{
-    let current = Arc::new(std::sync::Mutex::new(String::new()));
-    let at = current.clone();
-    let job = move || {
-        specs
-            .iter()
-            .filter_map(|spec| {
-                *lock(&at) = format!("device {:?}{}", spec.id(), origin(spec));
-                check(spec)
-            })
-            .collect()
-    };
-    (job, current)
+/// A settings check of many devices as one job, to run off the caller's
+/// thread (plugin code: a factory may block). `check` gives each item's
+/// problem; the job notes `label` of the item it is at, so that a check
+/// given up after a time-out can name it.
+pub struct SettingsCheck<J> {
+    job: J,
+    current: Arc<std::sync::Mutex<String>>,
 }
 
-fn hung(current: &std::sync::Mutex<String>, limit: Duration) -> String {
-    format!(
-        "{}: its plugin did not finish checking the settings within {} s; the check was given up",
-        lock(current),
-        limit.as_secs()
-    )
+impl SettingsCheck<()> {
+    pub fn new<T: Send + 'static>(
+        items: Vec<T>,
+        label: impl Fn(&T) -> String + Send + 'static,
+        check: impl Fn(&T) -> Option<String> + Send + 'static,
+    ) -> SettingsCheck<impl FnOnce() -> Vec<String> + Send + 'static> {
+        let current = Arc::new(std::sync::Mutex::new(String::new()));
+        let at = current.clone();
+        let job = move || {
+            items
+                .iter()
+                .filter_map(|item| {
+                    *lock(&at) = label(item);
+                    check(item)
+                })
+                .collect()
+        };
+        SettingsCheck { job, current }
+    }
+}
+
+impl<J: FnOnce() -> Vec<String> + Send + 'static> SettingsCheck<J> {
+    /// The problem to report when the check did not finish within `limit`.
+    fn given_up(current: &std::sync::Mutex<String>, limit: Duration) -> String {
+        format!(
+            "{}: its plugin did not finish checking the settings within {} s; the check was given up",
+            lock(current),
+            limit.as_secs()
+        )
+    }
+
+    /// Runs the check on a thread of its own and waits at most `limit`:
+    /// for `--check` and a SIGHUP reload, which have no pool at hand.
+    pub fn on_thread(self, limit: Duration) -> Vec<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = self.job;
+        let spawned = std::thread::Builder::new()
+            .name("settings-check".into())
+            .spawn(move || {
+                let _ = tx.send(job());
+            });
+        if let Err(e) = spawned {
+            return vec![format!("cannot start the settings check: {e}")];
+        }
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| vec![Self::given_up(&self.current, limit)])
+    }
+
+    /// Runs the check on the plugin pool and waits at most `limit`.
+    async fn on_pool(self, pool: &PluginPool, limit: Duration) -> Vec<String> {
+        match tokio::time::timeout(limit, pool.run(self.job)).await {
+            Ok(Ok(problems)) => problems,
+            Ok(Err(e)) => vec![format!("the settings check did not run: {e}")],
+            Err(_) => vec![Self::given_up(&self.current, limit)],
+        }
+    }
 }
 
 /// The outgoing buffer: in memory, or on disk too when `buffer.path` is set,
@@ -537,12 +572,12 @@ impl Connector {
         // On the plugin pool: plugin code never runs on the link's thread.
         let specs = new.devices.iter().map(DeviceSpec::from_config).collect();
         let plugins = self.devices.plugins.clone();
-        let (job, current) = check_all(specs, move |spec| check_plugin(&plugins, spec).err());
-        let problems = match tokio::time::timeout(CHECK_TIMEOUT, self.devices.pool.run(job)).await {
-            Ok(Ok(problems)) => problems,
-            Ok(Err(e)) => vec![format!("the settings check did not run: {e}")],
-            Err(_) => vec![hung(&current, CHECK_TIMEOUT)],
-        };
+        let check = SettingsCheck::new(
+            specs,
+            |spec: &DeviceSpec| format!("device {:?}{}", spec.id(), origin(spec)),
+            move |spec| check_plugin(&plugins, spec).err(),
+        );
+        let problems = check.on_pool(&self.devices.pool, CHECK_TIMEOUT).await;
         if !problems.is_empty() {
             return Err(ReloadError::Devices(problems));
         }

@@ -14,7 +14,7 @@ use connector_core::config::Config;
 use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
-use connector_runtime::connector::{CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+use connector_runtime::connector::{SettingsCheck, CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
 use connector_runtime::loader;
 use connector_runtime::metrics::MetricsServer;
 use connector_runtime::Connector;
@@ -194,31 +194,12 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
 /// Each device's settings, checked by its plugin on a thread of its own: a
 /// factory that hangs costs `--check` and a reload [`CHECK_TIMEOUT`], no more.
 fn check_settings(plugins: PluginRegistry, devices: Vec<(String, DeviceSpec)>) -> Vec<String> {
-    let current = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let at = current.clone();
-    let spawned = std::thread::Builder::new()
-        .name("settings-check".into())
-        .spawn(move || {
-            let problems: Vec<String> = devices
-                .iter()
-                .filter_map(|(place, spec)| {
-                    *at.lock().unwrap_or_else(|e| e.into_inner()) = format!("{place}: device {:?}", spec.id());
-                    plugins.check_settings(spec).err().map(|e| format!("{place}: {e}"))
-                })
-                .collect();
-            let _ = tx.send(problems);
-        });
-    if let Err(e) = spawned {
-        return vec![format!("cannot start the settings check: {e}")];
-    }
-    rx.recv_timeout(CHECK_TIMEOUT).unwrap_or_else(|_| {
-        let at = current.lock().unwrap_or_else(|e| e.into_inner());
-        vec![format!(
-            "{at}: its plugin did not finish checking the settings within {} s; the check was given up",
-            CHECK_TIMEOUT.as_secs()
-        )]
-    })
+    SettingsCheck::new(
+        devices,
+        |(place, spec): &(String, DeviceSpec)| format!("{place}: device {:?}", spec.id()),
+        move |(place, spec)| plugins.check_settings(spec).err().map(|e| format!("{place}: {e}")),
+    )
+    .on_thread(CHECK_TIMEOUT)
 }
 
 async fn run(mut config: Config, args: &Args) -> Result<(), String> {
