@@ -32,7 +32,12 @@ use serde::Deserialize;
 use crate::logging::{LogFormat, LogLevel, ENV_LOG_LEVEL};
 use crate::model::Device;
 use crate::secret::{Credentials, Secret};
-use crate::yaml::{self, Seg};
+pub use crate::problem::{Problem, Problems};
+use crate::problem::{path_to_string, Seg};
+use crate::yaml;
+
+mod file;
+pub use file::ConfigFile;
 
 /// Where the socket address is looked up (PROTOCOL.md section 1).
 pub const DEFAULT_LOOKUP_URL: &str = "http://fgseitsrancher.wifa.intern.uni-leipzig.de:8093/lookup";
@@ -40,8 +45,9 @@ pub const DEFAULT_LOOKUP_URL: &str = "http://fgseitsrancher.wifa.intern.uni-leip
 pub const DEFAULT_REGISTRATION_PATH: &str = "discovery";
 /// How often the connector pings the platform.
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 30_000;
-/// How long without a pong counts as a lost connection: two ping intervals.
-pub const DEFAULT_PONG_TIMEOUT_MS: u64 = 2 * DEFAULT_PING_INTERVAL_MS;
+/// How long without a pong counts as a lost connection, unless set: this
+/// many ping intervals.
+pub const DEFAULT_PONG_TIMEOUT_INTERVALS: u64 = 2;
 /// Largest incoming frame accepted: 1 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// First reconnect delay (PROTOCOL.md section 7).
@@ -148,8 +154,9 @@ pub struct PlatformConfig {
     /// How often to ping the platform, in milliseconds; above 0. Default: 30000.
     pub ping_interval_ms: u64,
     /// How long without a pong counts as a lost connection, in milliseconds;
-    /// above 0. Default: 60000 (two intervals).
-    pub pong_timeout_ms: u64,
+    /// longer than `ping_interval_ms`, since a pong answers a ping. Default:
+    /// `None`, two ping intervals (see [`PlatformConfig::pong_timeout`]).
+    pub pong_timeout_ms: Option<u64>,
     /// Largest incoming frame, in bytes; bigger ones are dropped as bad
     /// frames. Above 0. Default: 1048576 (1 MiB).
     pub max_frame_bytes: usize,
@@ -169,7 +176,7 @@ impl Default for PlatformConfig {
             password: Secret::default(),
             ca_file: None,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
-            pong_timeout_ms: DEFAULT_PONG_TIMEOUT_MS,
+            pong_timeout_ms: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             backoff: BackoffConfig::default(),
             buffer: BufferConfig::default(),
@@ -183,9 +190,11 @@ impl PlatformConfig {
         Duration::from_millis(self.ping_interval_ms)
     }
 
-    /// [`PlatformConfig::pong_timeout_ms`] as a duration.
+    /// [`PlatformConfig::pong_timeout_ms`] as a duration, or two ping
+    /// intervals when it is not set.
     pub fn pong_timeout(&self) -> Duration {
-        Duration::from_millis(self.pong_timeout_ms)
+        let derived = self.ping_interval_ms.saturating_mul(DEFAULT_PONG_TIMEOUT_INTERVALS);
+        Duration::from_millis(self.pong_timeout_ms.unwrap_or(derived))
     }
 }
 
@@ -325,64 +334,6 @@ impl DeviceConfig {
     }
 }
 
-/// One thing wrong with a configuration, with where it is.
-///
-/// Displays as `source:line:column: key: message`, leaving out what is not
-/// known, e.g. `connector.yaml:3:3: platform: unknown field ...` or
-/// `environment: CONNECTOR_HTTPS: ...`. Never holds the password.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The file name given to the loader, or `environment`; `None` for a
-    /// config checked by [`Config::validate`], which has no file at hand.
-    pub source: Option<String>,
-    /// 1-based line.
-    pub line: Option<usize>,
-    /// 1-based column.
-    pub column: Option<usize>,
-    /// Key path (`platform.backoff.max_ms`, `devices[2].id`) or environment
-    /// variable; empty for a YAML syntax error.
-    pub key: String,
-    /// What is wrong, and what would be right.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.source, self.line) {
-            (Some(source), Some(line)) => {
-                write!(f, "{source}:{line}:")?;
-                if let Some(column) = self.column {
-                    write!(f, "{column}:")?;
-                }
-                f.write_str(" ")?;
-            }
-            (Some(source), None) => write!(f, "{source}: ")?,
-            (None, Some(line)) => write!(f, "line {line}: ")?,
-            (None, None) => {}
-        }
-        if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Several problems, displayed one per line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Why a configuration could not be used. No variant holds the password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -393,11 +344,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The text is not YAML, or does not fit the config model (unknown key,
-    /// wrong type, negative number, ...). Reading stops at the first one.
+    /// The text is not YAML; nothing after the error can be read.
     #[error("{0}")]
     Syntax(Problem),
-    /// The config was read but some values are not acceptable; all of them
+    /// The file does not fit the config model (unknown key, wrong type,
+    /// negative number, ...) or some values are not acceptable; all of them
     /// are listed.
     #[error("{0}")]
     Invalid(Problems),
@@ -415,9 +366,9 @@ impl ConfigError {
 }
 
 /// A value found wrong by [`Config::issues`], before it is given a place.
-struct Issue {
-    path: Vec<Seg>,
-    message: String,
+pub(crate) struct Issue {
+    pub(crate) path: Vec<Seg>,
+    pub(crate) message: String,
 }
 
 impl Issue {
@@ -431,54 +382,16 @@ impl Issue {
 
 impl Config {
     /// Reads, checks and returns the config file at `path`, then resolves
-    /// relative paths in it against the file's directory.
+    /// relative paths in it against the file's directory. Every problem of
+    /// the file is in the error; [`ConfigFile`] also gives what could be read.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Config::from_yaml_str(&text, &path.display().to_string())?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        Ok(config)
+        ConfigFile::read(path)?.into_result()
     }
 
     /// Reads and checks config text; `source_name` (usually the file name)
     /// starts each error line. Relative paths stay as written.
     pub fn from_yaml_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = yaml::from_str(text, source_name).map_err(ConfigError::Syntax)?;
-        for (index, device) in config.devices.iter_mut().enumerate() {
-            let entry = [Seg::key("devices"), Seg::Index(index)];
-            device.line = yaml::locate(text, &entry, yaml::Target::Value).map(|(line, _)| line);
-        }
-        config.fill_in_names();
-        let problems: Vec<Problem> = config
-            .issues()
-            .into_iter()
-            .map(|issue| {
-                let position = yaml::locate_nearest(text, &issue.path);
-                Problem {
-                    source: Some(source_name.to_owned()),
-                    line: position.map(|(line, _)| line),
-                    column: position.map(|(_, column)| column),
-                    key: yaml::path_to_string(&issue.path),
-                    message: config.redact(&issue.message),
-                }
-            })
-            .collect();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid(Problems(problems)))
-        }
-    }
-
-    /// The 1-based line of `key` (written like `platform.ca_file` or
-    /// `devices[2].settings`) in config text, or of the nearest enclosing
-    /// entry: for checks made after loading (CA file, plugin settings) that
-    /// should point at the line to fix like the loader's own errors do.
-    pub fn line_of(text: &str, key: &str) -> Option<usize> {
-        yaml::locate_nearest(text, &yaml::parse_path(key)).map(|(line, _)| line)
+        ConfigFile::parse(text, source_name).into_result()
     }
 
     /// The seed's way, with no file: defaults overridden by the environment.
@@ -512,7 +425,12 @@ impl Config {
     }
 
     fn apply_vars(&mut self, mut get: impl FnMut(&str) -> Result<Option<String>, String>) -> Result<(), ConfigError> {
-        let mut next = self.clone();
+        // What the variables can change, not the device list: a gateway's
+        // may be long.
+        let mut next = EnvPart {
+            platform: self.platform.clone(),
+            log_level: self.log_level,
+        };
         let mut problems = Vec::new();
         let mut read = |name: &str, problems: &mut Vec<Problem>| match get(name) {
             Ok(Some(value)) if !value.is_empty() => Some(value),
@@ -555,12 +473,14 @@ impl Config {
         }
 
         if problems.is_empty() {
-            *self = next;
+            self.platform = next.platform;
+            self.log_level = next.log_level;
             Ok(())
         } else {
             // A password pasted into the wrong variable must not be echoed.
+            let secrets = [next.platform.password.expose().to_owned()];
             for problem in &mut problems {
-                problem.message = next.redact(&problem.message);
+                problem.message = yaml::redact(&problem.message, &secrets);
             }
             Err(ConfigError::Invalid(Problems(problems)))
         }
@@ -571,7 +491,7 @@ impl Config {
     /// the device entry's line when known, but no file name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems: Vec<Problem> = self
-            .issues()
+            .issues(None)
             .into_iter()
             .map(|issue| {
                 let line = match issue.path.as_slice() {
@@ -584,7 +504,7 @@ impl Config {
                     source: None,
                     line,
                     column: None,
-                    key: yaml::path_to_string(&issue.path),
+                    key: path_to_string(&issue.path),
                     message: self.redact(&issue.message),
                 }
             })
@@ -629,20 +549,14 @@ impl Config {
         self.platform.registration_path.trim_matches('/')
     }
 
-    fn fill_in_names(&mut self) {
-        for device in &mut self.devices {
-            if device.name.is_empty() {
-                device.name = device.id.clone();
-            }
-        }
-    }
-
-    fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         yaml::redact(text, &[self.platform.password.expose().to_owned()])
     }
 
-    /// Every value that is not acceptable, in file order.
-    fn issues(&self) -> Vec<Issue> {
+    /// Every value that is not acceptable, in file order. `entries` gives
+    /// each device's index in the file's list when some were left out.
+    pub(crate) fn issues(&self, entries: Option<&[usize]>) -> Vec<Issue> {
+        let entry = |index: usize| entries.and_then(|e| e.get(index).copied()).unwrap_or(index);
         let mut issues = Vec::new();
         let platform = |key: &str| vec![Seg::key("platform"), Seg::key(key)];
         let p = &self.platform;
@@ -661,11 +575,22 @@ impl Config {
         }
         for (key, value) in [
             ("ping_interval_ms", p.ping_interval_ms),
-            ("pong_timeout_ms", p.pong_timeout_ms),
             ("max_frame_bytes", p.max_frame_bytes as u64),
         ] {
             if value == 0 {
                 issues.push(Issue::new(platform(key), "must be greater than 0"));
+            }
+        }
+        if let Some(pong_timeout) = p.pong_timeout_ms {
+            if pong_timeout <= p.ping_interval_ms {
+                issues.push(Issue::new(
+                    platform("pong_timeout_ms"),
+                    format!(
+                        "must be longer than ping_interval_ms ({}): a pong can only come after a ping; \
+                         leave it out for two intervals",
+                        p.ping_interval_ms
+                    ),
+                ));
             }
         }
 
@@ -709,14 +634,22 @@ impl Config {
         // First entry of each id, to name it when the id comes again.
         let mut first_seen: HashMap<&str, usize> = HashMap::new();
         for (index, device) in self.devices.iter().enumerate() {
-            let field = |key: &str| vec![Seg::key("devices"), Seg::Index(index), Seg::key(key)];
+            let field = |key: &str| vec![Seg::key("devices"), Seg::Index(entry(index)), Seg::key(key)];
             if device.id.is_empty() {
                 issues.push(Issue::new(field("id"), "missing or empty; every device needs an id"));
+            } else if let Some(bad) = device.id.chars().find(|c| c.is_control()) {
+                issues.push(Issue::new(
+                    field("id"),
+                    format!(
+                        "must not hold a control character (found U+{:04X}); commands are routed by the id",
+                        bad as u32
+                    ),
+                ));
             } else if let Some(&first) = first_seen.get(device.id.as_str()) {
                 // The problem's own position names this entry's line.
                 let first_at = match self.devices[first].line {
-                    Some(line) => format!("devices[{first}] at line {line}"),
-                    None => format!("devices[{first}]"),
+                    Some(line) => format!("devices[{}] at line {line}", entry(first)),
+                    None => format!("devices[{}]", entry(first)),
                 };
                 issues.push(Issue::new(
                     field("id"),
@@ -737,6 +670,12 @@ impl Config {
         }
         issues
     }
+}
+
+/// The fields the environment variables override.
+struct EnvPart {
+    platform: PlatformConfig,
+    log_level: LogLevel,
 }
 
 fn env_problem(name: &str, message: impl Into<String>) -> Problem {
@@ -797,6 +736,14 @@ fn deserialize_switch<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+}
+
+/// Whether `url` can be the lookup URL: `http://` or `https://` with a host
+/// and an optional numeric port. For values from elsewhere than the file or
+/// the environment, such as a command-line flag, so that the error can name
+/// where the value came from.
+pub fn check_lookup_url(url: &str) -> Result<(), String> {
+    check_http_url(url)
 }
 
 /// Accepts `http://` or `https://` URLs with a host and an optional numeric
@@ -901,27 +848,5 @@ mod tests {
         for word in ["", "2", "y", "maybe", "enabled"] {
             assert_eq!(parse_switch(word), None, "{word}");
         }
-    }
-
-    #[test]
-    fn problems_print_only_the_parts_they_know() {
-        let mut problem = Problem {
-            source: Some("c.yaml".into()),
-            line: Some(3),
-            column: Some(5),
-            key: "platform".into(),
-            message: "bad".into(),
-        };
-        assert_eq!(problem.to_string(), "c.yaml:3:5: platform: bad");
-        problem.column = None;
-        assert_eq!(problem.to_string(), "c.yaml:3: platform: bad");
-        problem.line = None;
-        assert_eq!(problem.to_string(), "c.yaml: platform: bad");
-        problem.source = None;
-        problem.line = Some(4);
-        assert_eq!(problem.to_string(), "line 4: platform: bad");
-        problem.key.clear();
-        problem.line = None;
-        assert_eq!(problem.to_string(), "bad");
     }
 }

@@ -8,7 +8,8 @@
 //! - [`lookup`]: the socket address out of a lookup answer (section 2).
 //! - [`registration`]: (un)registration bodies, URLs and statuses (section 6).
 //! - [`backoff`]: exponential back-off with full jitter (section 7).
-//! - [`config`]: `connector.yaml` plus the seed's environment variables.
+//! - [`config`]: `connector.yaml` plus the seed's environment variables;
+//!   every problem of a file at once, each with its line and column.
 //! - [`logging`]: log levels and the one function that sets up logging.
 //! - [`plugin`]: the [`plugin::DevicePlugin`] trait device authors implement.
 //! - [`abi`]: the C-ABI boundary to plugin libraries (declaration, tables, status codes).
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod lookup;
 pub mod model;
 pub mod plugin;
+mod problem;
 pub mod registration;
 pub mod secret;
 pub mod tls;

@@ -1,153 +1,499 @@
-//! The only module that uses `serde_yaml`: it reads YAML text into the config
-//! model, turns serde_yaml's errors into [`Problem`]s, and finds the line of a
-//! key, so swapping the YAML library (serde_yaml is deprecated) touches one file.
-//!
-//! serde_yaml keeps no positions on values. [`locate`] finds one by parsing
-//! the text again with a probe that fails on purpose at the wanted key: the
-//! failure carries the position. Config files are small, so the extra parses
-//! are cheap, and they only run for entries that need a line.
+//! The only module that reads YAML, so swapping a YAML library touches one
+//! file. Config text is parsed once (saphyr-parser) into a tree whose nodes
+//! keep their line and column; serde_yaml deserialises the config model from
+//! that tree's values, one entry at a time, so that every problem of a file
+//! is found in one run and each is reported where it stands.
 
 use std::fmt;
 
-use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, Visitor};
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde_yaml::Value;
 
-use crate::config::Problem;
+use crate::problem::Seg;
 
-/// One step of a key path: a mapping key or a sequence index.
+/// Most nodes that aliases may expand to: a file of aliases of aliases (a
+/// "billion laughs") is refused instead of filling the memory.
+const MAX_ALIAS_NODES: usize = 1_000_000;
+
+/// 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+impl Pos {
+    fn of(span: Span) -> Pos {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Pos {
+            line: clamp(span.start.line()),
+            // saphyr counts columns from 0; editors and serde_yaml from 1.
+            column: clamp(span.start.col().saturating_add(1)),
+        }
+    }
+}
+
+/// A value of the file and where it starts.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub at: Pos,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Kind {
+    /// A scalar's text; `plain` when written without quotes, the only way to
+    /// write null, a boolean or a number.
+    Scalar { text: Box<str>, plain: bool },
+    Seq(Vec<Item>),
+    Map(Vec<Entry>),
+}
+
+/// An element of a sequence, with its index in the file: it keeps that
+/// index when an element before it is left out.
+#[derive(Clone, Debug)]
+pub(crate) struct Item {
+    pub index: usize,
+    pub node: Node,
+}
+
+/// A mapping entry. Keys are text: every key the config knows is.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub key: Box<str>,
+    pub key_at: Pos,
+    pub value: Node,
+}
+
+/// Something wrong in the file: where, under which key, and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Seg {
-    Key(String),
-    Index(usize),
+pub(crate) struct Finding {
+    pub at: Option<Pos>,
+    pub path: Vec<Seg>,
+    pub message: String,
 }
 
-impl Seg {
-    pub(crate) fn key(name: &str) -> Seg {
-        Seg::Key(name.to_owned())
-    }
-}
-
-/// Writes a path the way serde_yaml does: `platform.backoff`, `devices[2].id`.
-pub(crate) fn path_to_string(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(name) if out.is_empty() => out.push_str(name),
-            Seg::Key(name) => {
-                out.push('.');
-                out.push_str(name);
+/// Parses `text` (one YAML document; none reads as an empty value) into a
+/// tree. A syntax error ends the reading: nothing after it can be trusted.
+pub(crate) fn parse(text: &str) -> Result<Node, Finding> {
+    let mut parser = Parser::new_from_str(text);
+    let mut tree = Builder::default();
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next.map_err(syntax_error)?;
+        let at = Pos::of(span);
+        match event {
+            Event::DocumentStart(_) => {
+                if tree.documents == 1 {
+                    return Err(fatal(at, "a second YAML document (`---`): the file must hold one"));
+                }
+                tree.documents += 1;
             }
-            Seg::Index(index) => out.push_str(&format!("[{index}]")),
-        }
-    }
-    out
-}
-
-/// Reads serde_yaml's path text back into steps. Keys holding `.` or `[`
-/// split wrongly; that only costs a less precise position.
-pub(crate) fn parse_path(text: &str) -> Vec<Seg> {
-    let mut path = Vec::new();
-    for part in text.split('.') {
-        let (name, mut indexes) = match part.find('[') {
-            Some(at) => part.split_at(at),
-            None => (part, ""),
-        };
-        if !name.is_empty() {
-            path.push(Seg::key(name));
-        }
-        while let Some(rest) = indexes.strip_prefix('[') {
-            let Some(end) = rest.find(']') else { break };
-            match rest[..end].parse() {
-                Ok(index) => path.push(Seg::Index(index)),
-                Err(_) => break,
+            Event::Scalar(text, style, anchor, tag) => {
+                let is_str_tag = tag.is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str");
+                let plain = style == ScalarStyle::Plain && !is_str_tag;
+                let kind = Kind::Scalar {
+                    text: text.as_ref().into(),
+                    plain,
+                };
+                tree.finish(Node { at, kind }, anchor)?;
             }
-            indexes = &rest[end + 1..];
+            Event::Alias(anchor) => {
+                let Some(mut node) = tree.anchors.iter().find(|(id, _)| *id == anchor).map(|(_, n)| n.clone()) else {
+                    return Err(fatal(at, "an alias (`*name`) with no anchor (`&name`) before it"));
+                };
+                tree.alias_nodes += node.count();
+                if tree.alias_nodes > MAX_ALIAS_NODES {
+                    return Err(fatal(at, "aliases expand to too many values (more than 1,000,000)"));
+                }
+                // A problem in the copy is best shown where the alias stands.
+                node.at = at;
+                tree.finish(node, 0)?;
+            }
+            Event::SequenceStart(anchor, _) => tree.open.push((at, anchor, Open::Seq(Vec::new()))),
+            Event::MappingStart(anchor, _) => tree.open.push((at, anchor, Open::Map(Vec::new(), None))),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some((at, anchor, open)) = tree.open.pop() else {
+                    return Err(fatal(at, "an end of a list or mapping that was never opened"));
+                };
+                let kind = match open {
+                    Open::Seq(items) => Kind::Seq(items),
+                    Open::Map(entries, _) => Kind::Map(entries),
+                };
+                tree.finish(Node { at, kind }, anchor)?;
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
     }
-    path
+    Ok(tree.root.unwrap_or(Node {
+        at: Pos { line: 1, column: 1 },
+        kind: Kind::Scalar {
+            text: "".into(),
+            plain: true,
+        },
+    }))
 }
 
-/// Deserializes `text`; a failure becomes one [`Problem`] naming `source`,
-/// the 1-based line and column, and the key path.
-pub(crate) fn from_str<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, Problem> {
-    serde_yaml::from_str(text).map_err(|err| to_problem(&err, text, source))
-}
-
-fn to_problem(err: &serde_yaml::Error, text: &str, source: &str) -> Problem {
-    let mut message = err.to_string();
-    let mut position = err.location().map(|at| (at.line(), at.column()));
-    // serde_yaml appends " at line L column C"; the problem carries the
-    // position as fields and prints it in front, so drop the copy.
-    if let Some((line, column)) = position {
-        let suffix = format!(" at line {line} column {column}");
-        if let Some(at) = message.find(&suffix) {
-            message.replace_range(at..at + suffix.len(), "");
-        }
-    }
-    let (key, message) = split_path(&message);
-    let (key, mut message) = (key.to_owned(), message.to_owned());
-
-    // For an unknown or duplicate key serde_yaml points at the start of the
-    // enclosing mapping; point at the key itself instead.
-    for lead in ["unknown field `", "duplicate field `"] {
-        let Some(name) = message.strip_prefix(lead).and_then(|rest| rest.split('`').next()) else {
-            continue;
-        };
-        let mut path = parse_path(&key);
-        path.push(Seg::key(name));
-        let occurrence = if lead.starts_with("duplicate") { 2 } else { 1 };
-        if let Some(found) = locate(text, &path, Target::Key { occurrence }) {
-            position = Some(found);
-        }
-    }
-
-    let secrets = password_candidates(text);
-    message = redact(&message, &secrets);
-    Problem {
-        source: Some(source.to_owned()),
-        line: position.map(|(line, _)| line),
-        column: position.map(|(_, column)| column),
-        key: redact(&key, &secrets),
-        message,
+fn syntax_error(err: ScanError) -> Finding {
+    let marker = err.marker();
+    Finding {
+        at: Some(Pos::of(Span::empty(*marker))),
+        path: Vec::new(),
+        message: format!("not valid YAML: {}", err.info()),
     }
 }
 
-/// Splits serde_yaml's `path: message`. A path has no white space or quotes,
-/// which tells it apart from messages like `invalid type: map, ...` that
-/// serde_yaml writes without a path for errors at the top level.
-fn split_path(message: &str) -> (&str, &str) {
-    if let Some((path, rest)) = message.split_once(": ") {
-        let plain = |c: char| !c.is_whitespace() && !matches!(c, '`' | '"' | '\'');
-        if !path.is_empty() && path.chars().all(plain) {
-            return (path, rest);
-        }
+fn fatal(at: Pos, message: &str) -> Finding {
+    Finding {
+        at: Some(at),
+        path: Vec::new(),
+        message: message.to_owned(),
     }
-    ("", message)
 }
 
-/// The strings stored under `platform.password`, read leniently so they are
-/// found even when the file is otherwise wrong.
-fn password_candidates(text: &str) -> Vec<String> {
-    fn collect(value: &serde_yaml::Value, out: &mut Vec<String>) {
-        match value {
-            serde_yaml::Value::String(s) => out.push(s.clone()),
-            serde_yaml::Value::Number(n) => out.push(n.to_string()),
-            serde_yaml::Value::Sequence(items) => items.iter().for_each(|v| collect(v, out)),
-            serde_yaml::Value::Mapping(map) => map.iter().for_each(|(k, v)| {
-                collect(k, out);
-                collect(v, out);
+enum Open {
+    Seq(Vec<Item>),
+    /// The entries so far, and a key waiting for its value.
+    Map(Vec<Entry>, Option<(Box<str>, Pos)>),
+}
+
+#[derive(Default)]
+struct Builder {
+    open: Vec<(Pos, usize, Open)>,
+    root: Option<Node>,
+    /// Anchored nodes by anchor id; a file has few, so a list will do.
+    anchors: Vec<(usize, Node)>,
+    alias_nodes: usize,
+    documents: usize,
+}
+
+impl Builder {
+    /// Puts a complete node where it belongs: in the open list or mapping,
+    /// or as the root.
+    fn finish(&mut self, node: Node, anchor: usize) -> Result<(), Finding> {
+        if anchor != 0 {
+            self.anchors.push((anchor, node.clone()));
+        }
+        match self.open.last_mut() {
+            None => self.root = Some(node),
+            Some((_, _, Open::Seq(items))) => items.push(Item {
+                index: items.len(),
+                node,
             }),
-            serde_yaml::Value::Tagged(tagged) => collect(&tagged.value, out),
-            serde_yaml::Value::Null | serde_yaml::Value::Bool(_) => {}
+            Some((_, _, Open::Map(entries, pending))) => match pending.take() {
+                Some((key, key_at)) => entries.push(Entry {
+                    key,
+                    key_at,
+                    value: node,
+                }),
+                None => match node.kind {
+                    Kind::Scalar { text, .. } => *pending = Some((text, node.at)),
+                    _ => return Err(fatal(node.at, "a key must be plain text, not a list or a mapping")),
+                },
+            },
+        }
+        Ok(())
+    }
+}
+
+impl Node {
+    fn count(&self) -> usize {
+        1 + match &self.kind {
+            Kind::Scalar { .. } => 0,
+            Kind::Seq(items) => items.iter().map(|item| item.node.count()).sum(),
+            Kind::Map(entries) => entries.iter().map(|entry| entry.value.count()).sum(),
         }
     }
-    let mut out = Vec::new();
-    if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        if let Some(password) = doc.get("platform").and_then(|p| p.get("password")) {
-            collect(password, &mut out);
+
+    /// The node at `path` (indexes as in the file), if it is there.
+    pub(crate) fn get(&self, path: &[Seg]) -> Option<&Node> {
+        let Some((step, rest)) = path.split_first() else {
+            return Some(self);
+        };
+        let child = match (step, &self.kind) {
+            (Seg::Key(name), Kind::Map(entries)) => entries.iter().find(|e| *e.key == **name).map(|e| &e.value),
+            (Seg::Index(index), Kind::Seq(items)) => items.get(*index).map(|item| &item.node),
+            _ => None,
+        }?;
+        child.get(rest)
+    }
+
+    /// Where the value at `path` starts, or else the nearest enclosing value
+    /// that is there, so a problem with a missing key still gets the line of
+    /// the entry it belongs to.
+    pub(crate) fn nearest(&self, path: &[Seg]) -> Pos {
+        let mut node = self;
+        for step in path {
+            match (step, &node.kind) {
+                (Seg::Key(name), Kind::Map(entries)) => match entries.iter().find(|e| *e.key == **name) {
+                    Some(entry) => node = &entry.value,
+                    None => break,
+                },
+                (Seg::Index(index), Kind::Seq(items)) => match items.get(*index) {
+                    Some(item) => node = &item.node,
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        node.at
+    }
+
+    /// Takes the entry `name` out of a mapping.
+    pub(crate) fn take(&mut self, name: &str) -> Option<Entry> {
+        let Kind::Map(entries) = &mut self.kind else { return None };
+        let at = entries.iter().position(|e| *e.key == *name)?;
+        Some(entries.remove(at))
+    }
+
+    /// Puts an entry taken with [`Node::take`] back, at the end: lookups go
+    /// by key.
+    pub(crate) fn put(&mut self, entry: Entry) {
+        if let Kind::Map(entries) = &mut self.kind {
+            entries.push(entry);
         }
     }
-    out.retain(|s| !s.is_empty());
-    out
+
+    /// The value serde_yaml deserialises from, resolved by the YAML 1.2
+    /// core schema as serde_yaml would.
+    pub(crate) fn to_value(&self) -> Value {
+        match &self.kind {
+            Kind::Scalar { text, plain: true } => resolve(text),
+            Kind::Scalar { text, plain: false } => Value::String(text.to_string()),
+            Kind::Seq(items) => Value::Sequence(items.iter().map(|item| item.node.to_value()).collect()),
+            Kind::Map(entries) => Value::Mapping(
+                entries
+                    .iter()
+                    .map(|e| (Value::String(e.key.to_string()), e.value.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Every scalar's text in this value, keys included, for redaction.
+    pub(crate) fn texts(&self, out: &mut Vec<String>) {
+        match &self.kind {
+            Kind::Scalar { text, .. } => out.push(text.to_string()),
+            Kind::Seq(items) => items.iter().for_each(|item| item.node.texts(out)),
+            Kind::Map(entries) => entries.iter().for_each(|e| {
+                out.push(e.key.to_string());
+                e.value.texts(out);
+            }),
+        }
+    }
+}
+
+/// Drops each repeated key of every mapping under `node`, keeping the first,
+/// and reports it: serde would otherwise take the last one silently.
+pub(crate) fn drop_repeated_keys(node: &mut Node, path: &mut Vec<Seg>, findings: &mut Vec<Finding>) {
+    match &mut node.kind {
+        Kind::Scalar { .. } => {}
+        Kind::Seq(items) => {
+            for item in items {
+                path.push(Seg::Index(item.index));
+                drop_repeated_keys(&mut item.node, path, findings);
+                path.pop();
+            }
+        }
+        Kind::Map(entries) => {
+            let mut at = 1;
+            while at < entries.len() {
+                let first = entries[..at].iter().find(|e| e.key == entries[at].key).map(|e| e.key_at.line);
+                match first {
+                    Some(first_line) => {
+                        let repeat = entries.remove(at);
+                        findings.push(Finding {
+                            at: Some(repeat.key_at),
+                            path: path.clone(),
+                            message: format!("duplicate field `{}` (first at line {first_line})", repeat.key),
+                        });
+                    }
+                    None => at += 1,
+                }
+            }
+            for entry in entries {
+                path.push(Seg::Key(entry.key.to_string()));
+                drop_repeated_keys(&mut entry.value, path, findings);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// Deserialises a `T` from `node` (which stands at `path`), reading on past
+/// problems the way a user fixing a file wants: each entry serde refuses is
+/// reported where it stands and left out, and the rest is read again until
+/// it reads. `None` when `node` as a whole is refused.
+pub(crate) fn read<T: DeserializeOwned>(node: &Node, path: &[Seg], findings: &mut Vec<Finding>) -> Option<T> {
+    let mut pruned: Option<Node> = None;
+    loop {
+        let current = pruned.as_ref().unwrap_or(node);
+        let err = match serde_path_to_error::deserialize::<_, T>(current.to_value()) {
+            Ok(value) => return Some(value),
+            Err(err) => err,
+        };
+        let steps: Vec<Seg> = err
+            .path()
+            .iter()
+            .map_while(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let mut steps = steps;
+        let message = err.into_inner().to_string();
+        // For an unknown key the path ends with the key itself; the key is
+        // what is wrong, so it is blamed in its mapping, where it stands.
+        if let Some(name) = unknown_field(&message) {
+            if steps.last() == Some(&Seg::key(name)) {
+                steps.pop();
+            }
+        }
+        let tree = pruned.get_or_insert_with(|| node.clone());
+        let mut at = path.to_vec();
+        let (finding, left_out) = refuse(tree, &steps, message, &mut at);
+        findings.push(finding);
+        if !left_out {
+            return None;
+        }
+    }
+}
+
+/// Finds what `message` blames at `steps` below `node` and leaves it out.
+/// Says `false` when the blame falls on `node` itself, which only its
+/// parent can leave out. Each call leaves something out or reports the
+/// node refused, so [`read`] ends.
+fn refuse(node: &mut Node, steps: &[Seg], message: String, path: &mut Vec<Seg>) -> (Finding, bool) {
+    let Some((step, rest)) = steps.split_first() else {
+        // serde names an unknown key in the message, with the mapping's path.
+        if let Some(name) = unknown_field(&message) {
+            if let Some(entry) = node.take(name) {
+                let finding = Finding {
+                    at: Some(entry.key_at),
+                    path: path.clone(),
+                    message,
+                };
+                return (finding, true);
+            }
+        }
+        let finding = Finding {
+            at: Some(node.at),
+            path: path.clone(),
+            message,
+        };
+        return (finding, false);
+    };
+    // `steps` index the values serde saw, which are those still in the tree.
+    let child = match (step, &mut node.kind) {
+        (Seg::Key(name), Kind::Map(entries)) => entries
+            .iter()
+            .position(|e| *e.key == **name)
+            .map(|at| (at, Seg::Key(name.clone()))),
+        (Seg::Index(index), Kind::Seq(items)) => items.get(*index).map(|item| (*index, Seg::Index(item.index))),
+        _ => None,
+    };
+    let Some((at, seg)) = child else {
+        let finding = Finding {
+            at: Some(node.at),
+            path: path.clone(),
+            message,
+        };
+        return (finding, false);
+    };
+    path.push(seg);
+    let result = match &mut node.kind {
+        Kind::Map(entries) => refuse(&mut entries[at].value, rest, message, path),
+        Kind::Seq(items) => refuse(&mut items[at].node, rest, message, path),
+        Kind::Scalar { .. } => unreachable!("only lists and mappings have children"),
+    };
+    path.pop();
+    let (finding, left_out) = result;
+    if !left_out {
+        match &mut node.kind {
+            Kind::Map(entries) => drop(entries.remove(at)),
+            Kind::Seq(items) => drop(items.remove(at)),
+            Kind::Scalar { .. } => {}
+        }
+    }
+    (finding, true)
+}
+
+/// The key serde's "unknown field" message names.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+/// A plain scalar's value by the YAML 1.2 core schema: null, booleans,
+/// integers (decimal, `0x`, `0o`), floats (`.inf`, `.nan` included), and
+/// otherwise the text.
+fn resolve(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return float(f64::NAN),
+        _ => {}
+    }
+    if let Some(value) = integer(text) {
+        return value;
+    }
+    if is_float(text) {
+        if let Ok(value) = text.parse::<f64>() {
+            return float(value);
+        }
+    }
+    Value::String(text.to_owned())
+}
+
+fn float(value: f64) -> Value {
+    Value::Number(serde_yaml::Number::from(value))
+}
+
+fn integer(text: &str) -> Option<Value> {
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (radix, digits) = if let Some(hex) = text.strip_prefix("0x") {
+        (16, hex)
+    } else if let Some(octal) = text.strip_prefix("0o") {
+        (8, octal)
+    } else {
+        (10, unsigned)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = u64::from_str_radix(digits, radix).ok()?;
+    if !negative {
+        return Some(Value::Number(magnitude.into()));
+    }
+    let value = 0i64.checked_sub_unsigned(magnitude)?;
+    Some(Value::Number(value.into()))
+}
+
+/// `[-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
+fn is_float(text: &str) -> bool {
+    let text = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], Some(&text[at + 1..])),
+        None => (text, None),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some(("", fraction)) => !fraction.is_empty() && digits(fraction),
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => !mantissa.is_empty() && digits(mantissa),
+    };
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && digits(e)
+    });
+    mantissa_ok && exponent_ok && !mantissa.is_empty()
 }
 
 /// Replaces each secret in `text` with `***`.
@@ -167,181 +513,10 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
     out
 }
 
-/// What [`locate`] looks for at the end of the path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// The value at the path (for a mapping or sequence: where it starts).
-    Value,
-    /// The `occurrence`-th (1-based) key named by the last step of the path.
-    Key { occurrence: usize },
-}
-
-/// The 1-based line and column of `path` in `text`, if it is there.
-pub(crate) fn locate(text: &str, path: &[Seg], target: Target) -> Option<(usize, usize)> {
-    if matches!(target, Target::Key { .. }) && !matches!(path.last(), Some(Seg::Key(_))) {
-        return None;
-    }
-    let probe = Probe { path, target };
-    match probe.deserialize(serde_yaml::Deserializer::from_str(text)) {
-        Err(err) if err.to_string().contains(HERE) => err.location().map(|at| (at.line(), at.column())),
-        _ => None,
-    }
-}
-
-/// [`locate`] for the value at `path`, or else for the nearest enclosing
-/// entry that exists, so a problem with a missing key still gets the line
-/// of the entry it belongs to.
-pub(crate) fn locate_nearest(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
-    (1..=path.len())
-        .rev()
-        .find_map(|len| locate(text, &path[..len], Target::Value))
-}
-
-// Text of the deliberate failure; it cannot come from a user's file.
-const HERE: &str = "\u{1}connector-config-probe\u{1}";
-
-struct Probe<'p> {
-    path: &'p [Seg],
-    target: Target,
-}
-
-impl<'de> DeserializeSeed<'de> for Probe<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        match self.path.split_first() {
-            None => deserializer.deserialize_any(Stop),
-            Some((Seg::Key(name), rest)) => deserializer.deserialize_map(InMapping {
-                name,
-                rest,
-                target: self.target,
-            }),
-            Some((Seg::Index(index), rest)) => deserializer.deserialize_seq(InSequence {
-                index: *index,
-                rest,
-                target: self.target,
-            }),
-        }
-    }
-}
-
-/// Fails on whatever it is given: serde_yaml tags the failure with the
-/// position of that value.
-struct Stop;
-
-impl Visitor<'_> for Stop {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(HERE)
-    }
-}
-
-struct InMapping<'p> {
-    name: &'p str,
-    rest: &'p [Seg],
-    target: Target,
-}
-
-impl<'de> Visitor<'de> for InMapping<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a mapping")
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = 0;
-        let stop_at = match self.target {
-            Target::Key { occurrence } if self.rest.is_empty() => Some(occurrence),
-            _ => None,
-        };
-        loop {
-            let is_wanted = KeyIs {
-                name: self.name,
-                // Matching keys before the wanted one are let through.
-                stop_here: stop_at.is_some_and(|n| seen + 1 == n),
-            };
-            match map.next_key_seed(is_wanted)? {
-                None => return Ok(()),
-                Some(true) if stop_at.is_none() => {
-                    return map.next_value_seed(Probe {
-                        path: self.rest,
-                        target: self.target,
-                    });
-                }
-                Some(true) => {
-                    seen += 1;
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Some(false) => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-    }
-}
-
-/// Reads a key and says whether it is `name`; fails on it when `stop_here`.
-struct KeyIs<'p> {
-    name: &'p str,
-    stop_here: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeyIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        match key == self.name {
-            true if self.stop_here => Err(E::custom(HERE)),
-            matched => Ok(matched),
-        }
-    }
-}
-
-struct InSequence<'p> {
-    index: usize,
-    rest: &'p [Seg],
-    target: Target,
-}
-
-impl<'de> Visitor<'de> for InSequence<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a sequence")
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        for _ in 0..self.index {
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(());
-            }
-        }
-        seq.next_element_seed(Probe {
-            path: self.rest,
-            target: self.target,
-        })?;
-        Ok(())
-    }
-}
-
 /// `deserialize_with` for a device's `settings`: any YAML mapping, turned
 /// into a JSON object here so that nothing outside this module (plugins
 /// included) sees a YAML type. A missing or empty (`settings:`) value is an
-/// empty object; anything but a mapping is an error at the value's position.
+/// empty object; anything but a mapping is refused.
 pub(crate) fn settings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<serde_json::Value, D::Error> {
     struct SettingsVisitor;
 
@@ -362,8 +537,7 @@ pub(crate) fn settings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ser
 
         fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut object = serde_json::Map::new();
-            // YAML allows keys of any type; JSON only strings. serde_yaml
-            // hands a scalar key (`3:`, `true:`) over as its text.
+            // Keys are text by the time they get here (see `Entry`).
             while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
                 object.insert(key, value);
             }
@@ -377,6 +551,7 @@ pub(crate) fn settings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ser
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::problem::parse_path;
 
     const TEXT: &str = "\
 platform:
@@ -392,71 +567,152 @@ devices:
     id: d
 ";
 
-    fn path(text: &str) -> Vec<Seg> {
-        parse_path(text)
+    fn at(text: &str, path: &str) -> Option<(u32, u32)> {
+        let tree = parse(text).unwrap();
+        tree.get(&parse_path(path)).map(|node| (node.at.line, node.at.column))
     }
 
     #[test]
-    fn a_path_reads_back_as_it_was_written() {
-        for text in [
-            "platform",
-            "platform.backoff.max_ms",
-            "devices[12].settings.x",
-            "devices",
-        ] {
-            assert_eq!(path_to_string(&path(text)), text);
+    fn every_value_keeps_its_line_and_column() {
+        assert_eq!(at(TEXT, "platform.backoff.initial_ms"), Some((3, 17)));
+        assert_eq!(at(TEXT, "platform.user"), Some((4, 9)));
+        assert_eq!(at(TEXT, "devices[0]"), Some((6, 5)));
+        assert_eq!(at(TEXT, "devices[1]"), Some((8, 5)));
+        assert_eq!(at(TEXT, "devices[1].plugin"), Some((8, 21)));
+        assert_eq!(at(TEXT, "devices[2].id"), Some((10, 9)));
+        assert_eq!(at(TEXT, "platform.password"), None);
+        assert_eq!(at(TEXT, "devices[7]"), None);
+        assert_eq!(at(TEXT, "platform.user.x"), None);
+        let tree = parse(TEXT).unwrap();
+        let nearest = tree.nearest(&parse_path("devices[0].plugin"));
+        assert_eq!((nearest.line, nearest.column), (6, 5));
+    }
+
+    #[test]
+    fn a_repeated_key_is_reported_at_the_repeat_and_the_first_one_kept() {
+        let mut tree = parse(TEXT).unwrap();
+        let mut findings = Vec::new();
+        drop_repeated_keys(&mut tree, &mut Vec::new(), &mut findings);
+        assert_eq!(
+            findings,
+            [Finding {
+                at: Some(Pos { line: 11, column: 5 }),
+                path: parse_path("devices[2]"),
+                message: "duplicate field `id` (first at line 10)".into(),
+            }]
+        );
+        assert_eq!(tree.get(&parse_path("devices[2].id")).unwrap().to_value(), Value::from("c"));
+    }
+
+    #[test]
+    fn plain_scalars_resolve_by_the_core_schema_and_quoted_ones_stay_text() {
+        let table: &[(&str, Value)] = &[
+            ("~", Value::Null),
+            ("", Value::Null),
+            ("True", Value::Bool(true)),
+            ("FALSE", Value::Bool(false)),
+            ("42", Value::from(42u64)),
+            ("+42", Value::from(42u64)),
+            ("-42", Value::from(-42i64)),
+            ("0x1F", Value::from(31u64)),
+            ("0o17", Value::from(15u64)),
+            ("1.5", Value::from(1.5f64)),
+            ("-.5e3", Value::from(-500.0f64)),
+            ("6.", Value::from(6.0f64)),
+            (".inf", Value::from(f64::INFINITY)),
+            ("1_000", Value::from("1_000")),
+            ("yes", Value::from("yes")),
+            ("0x", Value::from("0x")),
+            ("-0x5", Value::from("-0x5")),
+            ("1e", Value::from("1e")),
+            (".", Value::from(".")),
+            ("12:30", Value::from("12:30")),
+        ];
+        for (text, want) in table {
+            assert_eq!(&resolve(text), want, "{text:?}");
         }
+        let tree = parse("a: '5'\nb: !!str 5\nc: 5\n").unwrap();
         assert_eq!(
-            path("devices[2].id"),
-            vec![Seg::key("devices"), Seg::Index(2), Seg::key("id")]
+            tree.to_value(),
+            serde_yaml::from_str::<Value>("a: '5'\nb: '5'\nc: 5\n").unwrap()
         );
     }
 
     #[test]
-    fn locate_finds_values_and_entries_by_path() {
-        assert_eq!(
-            locate(TEXT, &path("platform.backoff.initial_ms"), Target::Value),
-            Some((3, 17))
-        );
-        assert_eq!(locate(TEXT, &path("platform.user"), Target::Value), Some((4, 9)));
-        assert_eq!(locate(TEXT, &path("devices[0]"), Target::Value), Some((6, 5)));
-        assert_eq!(locate(TEXT, &path("devices[1]"), Target::Value), Some((8, 5)));
-        assert_eq!(locate(TEXT, &path("devices[1].plugin"), Target::Value), Some((8, 21)));
-        assert_eq!(locate(TEXT, &path("devices[2]"), Target::Value), Some((10, 5)));
+    fn aliases_copy_their_anchor_and_stand_where_they_are_written() {
+        let tree = parse("a: &x {k: 1}\nb: *x\n").unwrap();
+        assert_eq!(tree.get(&parse_path("b.k")).unwrap().to_value(), Value::from(1u64));
+        assert_eq!(tree.get(&parse_path("b")).unwrap().at.line, 2);
+        let laughs = "a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
+                      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n\
+                      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
+        let err = parse(laughs).unwrap_err();
+        assert!(err.message.contains("too many values"), "{err:?}");
+        let err = parse("a: *nothing\n").unwrap_err();
+        assert_eq!(err.at.map(|at| at.line), Some(1), "{err:?}");
     }
 
     #[test]
-    fn locate_finds_keys_and_their_repeats() {
-        let first = Target::Key { occurrence: 1 };
-        let second = Target::Key { occurrence: 2 };
-        assert_eq!(locate(TEXT, &path("platform.user"), first), Some((4, 3)));
-        assert_eq!(locate(TEXT, &path("devices[2].id"), first), Some((10, 5)));
-        assert_eq!(locate(TEXT, &path("devices[2].id"), second), Some((11, 5)));
+    fn syntax_errors_and_second_documents_end_the_reading_with_a_position() {
+        let err = parse("a: [1, 2\n").unwrap_err();
+        assert!(err.message.starts_with("not valid YAML: "), "{err:?}");
+        assert!(err.at.is_some());
+        let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(err.at.map(|at| at.line), Some(2));
+        assert_eq!(parse("").unwrap().to_value(), Value::Null);
+        assert_eq!(parse("# only a comment\n").unwrap().to_value(), Value::Null);
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Inner {
+        n: u32,
+        s: String,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Outer {
+        inner: Inner,
+        list: Vec<u8>,
+        flag: bool,
     }
 
     #[test]
-    fn locate_says_none_for_what_is_not_there() {
-        assert_eq!(locate(TEXT, &path("platform.password"), Target::Value), None);
-        assert_eq!(locate(TEXT, &path("devices[7]"), Target::Value), None);
-        assert_eq!(locate(TEXT, &path("platform.user.x"), Target::Value), None);
-        assert_eq!(locate("[1, 2", &path("a"), Target::Value), None);
-        assert_eq!(locate_nearest(TEXT, &path("devices[0].plugin")), Some((6, 5)));
+    fn read_reports_every_refused_entry_and_keeps_the_rest() {
+        let text = "inner: {n: -1, s: ok, x: 1}\nlist: [1, 300, 2]\nflag: 7\ncolour: red\n";
+        let tree = parse(text).unwrap();
+        let mut findings = Vec::new();
+        let outer: Outer = read(&tree, &[], &mut findings).unwrap();
+        assert_eq!(
+            outer,
+            Outer {
+                inner: Inner { n: 0, s: "ok".into() },
+                list: vec![1, 2],
+                flag: false,
+            }
+        );
+        let shown: Vec<String> = findings
+            .iter()
+            .map(|f| {
+                let at = f.at.unwrap();
+                format!("{}:{} {}", at.line, at.column, crate::problem::path_to_string(&f.path))
+            })
+            .collect();
+        assert_eq!(findings.len(), 5, "{findings:#?}");
+        for want in ["1:12 inner.n", "1:23 inner", "2:11 list[1]", "3:7 flag", "4:1 "] {
+            assert!(shown.iter().any(|s| s.trim_end() == want.trim_end()), "{want} not in {shown:?}");
+        }
     }
 
     #[test]
-    fn a_path_prefix_is_split_from_the_message_but_not_a_sentence() {
-        assert_eq!(
-            split_path("platform.backoff: unknown field"),
-            ("platform.backoff", "unknown field")
-        );
-        assert_eq!(
-            split_path("invalid type: map, expected x"),
-            ("", "invalid type: map, expected x")
-        );
-        assert_eq!(
-            split_path("did not find expected key"),
-            ("", "did not find expected key")
-        );
+    fn read_gives_none_when_the_value_as_a_whole_does_not_fit() {
+        let tree = parse("- 1\n").unwrap();
+        let mut findings = Vec::new();
+        assert_eq!(read::<Outer>(&tree, &[Seg::key("x")], &mut findings), None);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].path, [Seg::key("x")]);
+        assert!(findings[0].message.contains("expected struct Outer"), "{findings:?}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use connector_core::config::{Config, ConfigError, Overflow, DEFAULT_LOOKUP_URL};
+use connector_core::config::{Config, ConfigError, ConfigFile, Overflow, DEFAULT_LOOKUP_URL};
 use connector_core::logging::{LogFormat, LogLevel};
 use connector_core::{Device, Secret};
 
@@ -38,7 +38,8 @@ fn the_defaults_are_those_of_protocol_section_one() {
     assert_eq!(config.log_level, LogLevel::Info);
     assert_eq!(config.log_format, LogFormat::Text);
     assert_eq!(p.ping_interval_ms, 30_000);
-    assert_eq!(p.pong_timeout_ms, 60_000);
+    assert_eq!(p.pong_timeout_ms, None);
+    assert_eq!(p.pong_timeout(), std::time::Duration::from_secs(60), "two intervals");
     assert_eq!(p.max_frame_bytes, 1_048_576);
     assert_eq!((p.backoff.initial_ms, p.backoff.max_ms), (1_000, 60_000));
     assert_eq!(p.buffer.max_frames, 100_000);
@@ -179,7 +180,7 @@ fn bad_files_are_reported_with_file_line_column_and_key() {
         ),
         (
             "platform:\n  ping_interval_ms: -5\n",
-            &["connector.yaml:2:21: platform.ping_interval_ms: invalid type: integer `-5`, expected"],
+            &["connector.yaml:2:21: platform.ping_interval_ms: invalid value: integer `-5`, expected u64"],
         ),
         (
             "platform:\n  ping_interval_ms: soon\n",
@@ -225,7 +226,7 @@ fn bad_files_are_reported_with_file_line_column_and_key() {
     ];
     for (text, fragments) in table {
         let err = parse(text).expect_err(text);
-        assert!(matches!(err, ConfigError::Syntax(_)), "{text:?}: {err:?}");
+        assert!(!matches!(err, ConfigError::Read { .. }), "{text:?}: {err:?}");
         let message = err.to_string();
         assert_eq!(message.lines().count(), 1, "{message}");
         for fragment in *fragments {
@@ -429,12 +430,13 @@ fn https_switches_an_http_lookup_url_to_https() {
 #[test]
 fn validate_after_an_override_reports_without_a_file_but_with_the_device_line() {
     let mut config = parse("devices:\n  - id: a\n    plugin: p\n").unwrap();
-    config.platform.pong_timeout_ms = 0;
+    config.platform.pong_timeout_ms = Some(0);
     config.devices[0].plugin.clear();
     let message = config.validate().unwrap_err().to_string();
     assert_eq!(
         message,
-        "platform.pong_timeout_ms: must be greater than 0\n\
+        "platform.pong_timeout_ms: must be longer than ping_interval_ms (30000): a pong can only come after a ping; \
+         leave it out for two intervals\n\
          line 2: devices[0].plugin: missing or empty; name the plugin that drives this device"
     );
 }
@@ -473,4 +475,112 @@ fn the_password_never_shows_in_errors_even_where_it_does_not_belong() {
     let shown = format!("{err}\n{err:?}");
     assert!(shown.contains("CONNECTOR_HTTPS"), "{shown}");
     assert!(!shown.contains(PASSWORD), "{shown}");
+}
+
+/// Issue 19: a file with many kinds of mistakes reports every one of them
+/// in one run, in file order, each with line, column and key, and what
+/// could be read is there for the checks that come later.
+#[test]
+fn every_problem_of_a_file_is_reported_at_once_and_the_rest_is_read() {
+    let text = "\
+log_level: loud
+platform:
+  user: alice
+  ping_interval_ms: soon
+  backoff: {initial_ms: 0, maximum: 5}
+devices:
+  - id: lamp-1
+    plugin: echo
+    colour: red
+  - 5
+  - id: lamp-1
+    plugin: echo
+  - id: plug-2
+    plugin: echo
+    command_timeout_ms: -1
+    settings: {port: 1, port: 2}
+";
+    let file = ConfigFile::parse(text, "c.yaml");
+    let shown: Vec<String> = file.problems().iter().map(ToString::to_string).collect();
+    let want = [
+        "c.yaml:1:12: log_level: unknown log level `loud`",
+        "c.yaml:4:21: platform.ping_interval_ms: invalid type: string \"soon\"",
+        "c.yaml:5:28: platform.backoff: unknown field `maximum`",
+        "c.yaml:5:25: platform.backoff.initial_ms: must be greater than 0",
+        "c.yaml:9:5: devices[0]: unknown field `colour`",
+        "c.yaml:10:5: devices[1]: invalid type: integer `5`, expected struct DeviceConfig",
+        "c.yaml:11:9: devices[2].id: duplicate device id `lamp-1`, first used by devices[0] at line 7",
+        "c.yaml:15:25: devices[3].command_timeout_ms: invalid value: integer `-1`",
+        "c.yaml:16:25: devices[3].settings: duplicate field `port` (first at line 16)",
+    ];
+    assert_eq!(shown.len(), want.len(), "{shown:#?}");
+    for fragment in want {
+        assert!(shown.iter().any(|line| line.starts_with(fragment)), "{fragment}\nnot in {shown:#?}");
+    }
+    let lines: Vec<_> = file.problems().iter().map(|p| p.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "in file order: {lines:?}");
+
+    let config = file.config();
+    assert_eq!(config.platform.user, "alice", "good values are kept");
+    let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["lamp-1", "lamp-1", "plug-2"], "the refused entry is left out");
+    assert_eq!(config.devices[2].settings, serde_json::json!({"port": 1}));
+    assert_eq!(
+        file.device_problem(2, "settings.port", "refused").to_string(),
+        "c.yaml:16:22: devices[3].settings.port: refused",
+        "later checks are placed by the device's entry in the file"
+    );
+    assert_eq!(
+        file.problem("platform.ca_file", "missing").to_string(),
+        "c.yaml:3:3: platform.ca_file: missing",
+        "a key that is not there is placed at what holds it"
+    );
+    assert!(matches!(file.into_result(), Err(ConfigError::Invalid(p)) if p.0.len() == want.len()));
+}
+
+#[test]
+fn a_device_id_with_a_control_character_is_refused_with_its_line() {
+    for id in ["\"lamp\\n1\"", "\"lamp\\t1\"", "\"\\u0007\""] {
+        let text = format!("devices:\n  - plugin: echo\n    id: {id}\n");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(
+            message.starts_with("connector.yaml:3:9: devices[0].id: must not hold a control character (found U+00"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn the_pong_timeout_follows_the_ping_interval_and_must_be_longer() {
+    let config = parse("platform:\n  ping_interval_ms: 120000\n").unwrap();
+    assert_eq!(config.platform.pong_timeout(), std::time::Duration::from_secs(240));
+    let message = parse("platform:\n  ping_interval_ms: 4000\n  pong_timeout_ms: 2000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("connector.yaml:3:20: platform.pong_timeout_ms: must be longer than ping_interval_ms (4000)"),
+        "{message}"
+    );
+    let config = parse("platform:\n  ping_interval_ms: 4000\n  pong_timeout_ms: 9000\n").unwrap();
+    assert_eq!(config.platform.pong_timeout(), std::time::Duration::from_secs(9));
+}
+
+/// The file of a big gateway reads in one pass: every device with its line.
+/// (How quickly is the `config` benchmark's business, not a test's.)
+#[test]
+fn a_long_device_list_is_read_whole_with_every_line() {
+    let mut text = String::from("devices:\n");
+    for n in 0..20_000 {
+        text.push_str(&format!("  - id: dev-{n}\n    plugin: echo\n    settings: {{n: {n}}}\n"));
+    }
+    text.push_str("  - id: dev-7\n    plugin: echo\n");
+    let file = ConfigFile::parse(&text, "big.yaml");
+    assert_eq!(file.config().devices.len(), 20_001);
+    assert_eq!(file.config().devices[19_999].line, Some(2 + 3 * 19_999));
+    assert_eq!(file.config().devices[19_999].settings, serde_json::json!({"n": 19_999}));
+    let shown: Vec<String> = file.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["big.yaml:60002:9: devices[20000].id: duplicate device id `dev-7`, first used by devices[7] at line 23"]
+    );
 }
