@@ -31,9 +31,9 @@ use serde::Deserialize;
 
 use crate::logging::{LogFormat, LogLevel, ENV_LOG_LEVEL};
 use crate::model::Device;
-use crate::secret::{Credentials, Secret};
-pub use crate::problem::{Problem, Problems};
 use crate::problem::{path_to_string, Seg};
+pub use crate::problem::{Problem, Problems};
+use crate::secret::{Credentials, Secret};
 use crate::yaml;
 
 mod file;

@@ -45,7 +45,10 @@ pub(crate) struct Node {
 pub(crate) enum Kind {
     /// A scalar's text; `plain` when written without quotes, the only way to
     /// write null, a boolean or a number.
-    Scalar { text: Box<str>, plain: bool },
+    Scalar {
+        text: Box<str>,
+        plain: bool,
+    },
     Seq(Vec<Item>),
     Map(Vec<Entry>),
 }
@@ -99,7 +102,12 @@ pub(crate) fn parse(text: &str) -> Result<Node, Finding> {
                 tree.finish(Node { at, kind }, anchor)?;
             }
             Event::Alias(anchor) => {
-                let Some(mut node) = tree.anchors.iter().find(|(id, _)| *id == anchor).map(|(_, n)| n.clone()) else {
+                let Some(mut node) = tree
+                    .anchors
+                    .iter()
+                    .find(|(id, _)| *id == anchor)
+                    .map(|(_, n)| n.clone())
+                else {
                     return Err(fatal(at, "an alias (`*name`) with no anchor (`&name`) before it"));
                 };
                 tree.alias_nodes += node.count();
@@ -241,7 +249,9 @@ impl Node {
 
     /// Takes the entry `name` out of a mapping.
     pub(crate) fn take(&mut self, name: &str) -> Option<Entry> {
-        let Kind::Map(entries) = &mut self.kind else { return None };
+        let Kind::Map(entries) = &mut self.kind else {
+            return None;
+        };
         let at = entries.iter().position(|e| *e.key == *name)?;
         Some(entries.remove(at))
     }
@@ -298,7 +308,10 @@ pub(crate) fn drop_repeated_keys(node: &mut Node, path: &mut Vec<Seg>, findings:
         Kind::Map(entries) => {
             let mut at = 1;
             while at < entries.len() {
-                let first = entries[..at].iter().find(|e| e.key == entries[at].key).map(|e| e.key_at.line);
+                let first = entries[..at]
+                    .iter()
+                    .find(|e| e.key == entries[at].key)
+                    .map(|e| e.key_at.line);
                 match first {
                     Some(first_line) => {
                         let repeat = entries.remove(at);
@@ -601,7 +614,10 @@ devices:
                 message: "duplicate field `id` (first at line 10)".into(),
             }]
         );
-        assert_eq!(tree.get(&parse_path("devices[2].id")).unwrap().to_value(), Value::from("c"));
+        assert_eq!(
+            tree.get(&parse_path("devices[2].id")).unwrap().to_value(),
+            Value::from("c")
+        );
     }
 
     #[test]
@@ -701,7 +717,10 @@ devices:
             .collect();
         assert_eq!(findings.len(), 5, "{findings:#?}");
         for want in ["1:12 inner.n", "1:23 inner", "2:11 list[1]", "3:7 flag", "4:1 "] {
-            assert!(shown.iter().any(|s| s.trim_end() == want.trim_end()), "{want} not in {shown:?}");
+            assert!(
+                shown.iter().any(|s| s.trim_end() == want.trim_end()),
+                "{want} not in {shown:?}"
+            );
         }
     }
 

@@ -515,7 +515,10 @@ devices:
     ];
     assert_eq!(shown.len(), want.len(), "{shown:#?}");
     for fragment in want {
-        assert!(shown.iter().any(|line| line.starts_with(fragment)), "{fragment}\nnot in {shown:#?}");
+        assert!(
+            shown.iter().any(|line| line.starts_with(fragment)),
+            "{fragment}\nnot in {shown:#?}"
+        );
     }
     let lines: Vec<_> = file.problems().iter().map(|p| p.line).collect();
     assert!(lines.windows(2).all(|w| w[0] <= w[1]), "in file order: {lines:?}");
@@ -558,7 +561,8 @@ fn the_pong_timeout_follows_the_ping_interval_and_must_be_longer() {
         .unwrap_err()
         .to_string();
     assert!(
-        message.starts_with("connector.yaml:3:20: platform.pong_timeout_ms: must be longer than ping_interval_ms (4000)"),
+        message
+            .starts_with("connector.yaml:3:20: platform.pong_timeout_ms: must be longer than ping_interval_ms (4000)"),
         "{message}"
     );
     let config = parse("platform:\n  ping_interval_ms: 4000\n  pong_timeout_ms: 9000\n").unwrap();
@@ -571,7 +575,9 @@ fn the_pong_timeout_follows_the_ping_interval_and_must_be_longer() {
 fn a_long_device_list_is_read_whole_with_every_line() {
     let mut text = String::from("devices:\n");
     for n in 0..20_000 {
-        text.push_str(&format!("  - id: dev-{n}\n    plugin: echo\n    settings: {{n: {n}}}\n"));
+        text.push_str(&format!(
+            "  - id: dev-{n}\n    plugin: echo\n    settings: {{n: {n}}}\n"
+        ));
     }
     text.push_str("  - id: dev-7\n    plugin: echo\n");
     let file = ConfigFile::parse(&text, "big.yaml");

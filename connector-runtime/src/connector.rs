@@ -397,19 +397,20 @@ fn check_plugin(plugins: &PluginRegistry, spec: &DeviceSpec) -> Result<(), Strin
 
 /// A settings check of many devices as one job, to run off the caller's
 /// thread (plugin code: a factory may block). `check` gives each item's
-/// problem; the job notes `label` of the item it is at, so that a check
-/// given up after a time-out can name it.
+/// problem (any type a message turns into, so a caller can place it); the
+/// job notes `label` of the item it is at, so that a check given up after a
+/// time-out can name it.
 pub struct SettingsCheck<J> {
     job: J,
     current: Arc<std::sync::Mutex<String>>,
 }
 
 impl SettingsCheck<()> {
-    pub fn new<T: Send + 'static>(
+    pub fn new<T: Send + 'static, P: Send + 'static>(
         items: Vec<T>,
         label: impl Fn(&T) -> String + Send + 'static,
-        check: impl Fn(&T) -> Option<String> + Send + 'static,
-    ) -> SettingsCheck<impl FnOnce() -> Vec<String> + Send + 'static> {
+        check: impl Fn(&T) -> Option<P> + Send + 'static,
+    ) -> SettingsCheck<impl FnOnce() -> Vec<P> + Send + 'static> {
         let current = Arc::new(std::sync::Mutex::new(String::new()));
         let at = current.clone();
         let job = move || {
@@ -425,7 +426,11 @@ impl SettingsCheck<()> {
     }
 }
 
-impl<J: FnOnce() -> Vec<String> + Send + 'static> SettingsCheck<J> {
+impl<P, J> SettingsCheck<J>
+where
+    P: From<String> + Send + 'static,
+    J: FnOnce() -> Vec<P> + Send + 'static,
+{
     /// The problem to report when the check did not finish within `limit`.
     fn given_up(current: &std::sync::Mutex<String>, limit: Duration) -> String {
         format!(
@@ -437,7 +442,7 @@ impl<J: FnOnce() -> Vec<String> + Send + 'static> SettingsCheck<J> {
 
     /// Runs the check on a thread of its own and waits at most `limit`:
     /// for `--check` and a SIGHUP reload, which have no pool at hand.
-    pub fn on_thread(self, limit: Duration) -> Vec<String> {
+    pub fn on_thread(self, limit: Duration) -> Vec<P> {
         let (tx, rx) = std::sync::mpsc::channel();
         let job = self.job;
         let spawned = std::thread::Builder::new()
@@ -446,18 +451,18 @@ impl<J: FnOnce() -> Vec<String> + Send + 'static> SettingsCheck<J> {
                 let _ = tx.send(job());
             });
         if let Err(e) = spawned {
-            return vec![format!("cannot start the settings check: {e}")];
+            return vec![format!("cannot start the settings check: {e}").into()];
         }
         rx.recv_timeout(limit)
-            .unwrap_or_else(|_| vec![Self::given_up(&self.current, limit)])
+            .unwrap_or_else(|_| vec![Self::given_up(&self.current, limit).into()])
     }
 
     /// Runs the check on the plugin pool and waits at most `limit`.
-    async fn on_pool(self, pool: &PluginPool, limit: Duration) -> Vec<String> {
+    async fn on_pool(self, pool: &PluginPool, limit: Duration) -> Vec<P> {
         match tokio::time::timeout(limit, pool.run(self.job)).await {
             Ok(Ok(problems)) => problems,
-            Ok(Err(e)) => vec![format!("the settings check did not run: {e}")],
-            Err(_) => vec![Self::given_up(&self.current, limit)],
+            Ok(Err(e)) => vec![format!("the settings check did not run: {e}").into()],
+            Err(_) => vec![Self::given_up(&self.current, limit).into()],
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use connector_core::abi::ABI_VERSION;
-use connector_core::config::Config;
+use connector_core::config::{check_lookup_url, Config, ConfigFile, Problem};
 use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
@@ -119,12 +119,21 @@ fn main() -> ExitCode {
 }
 
 /// File, then environment, then flags; then the whole result is checked.
+/// Every problem is reported at once, each where it stands (`file:line:col`,
+/// a variable or a flag), so a user fixes the file in one pass.
 fn load_config(args: &Args) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
+    let mut file = match &args.config {
+        Some(path) => ConfigFile::read(path).map_err(|e| e.to_string())?,
+        None => ConfigFile::from(Config::default()),
     };
-    config.apply_env().map_err(|e| e.to_string())?;
+    // Problems in the file, put in file order at the end, then the others
+    // (environment, flags, libraries) in the order they were found.
+    let mut in_file: Vec<Problem> = file.problems().to_vec();
+    let mut problems: Vec<String> = Vec::new();
+    let config = file.config_mut();
+    if let Err(e) = config.apply_env() {
+        problems.push(e.to_string());
+    }
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
@@ -135,71 +144,112 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.metrics.listen = Some(addr);
     }
     if let Some(url) = &args.lookup_url {
-        config.platform.lookup_url = url.clone();
+        match check_lookup_url(url) {
+            Ok(()) => config.platform.lookup_url = url.clone(),
+            Err(message) => problems.push(format!("--lookup-url: {message}")),
+        }
     }
-    config.validate().map_err(|e| e.to_string())?;
+    // The file's own values were checked as it was read; this catches what
+    // the overrides changed, and would only repeat the file's problems.
+    if problems.is_empty() && in_file.is_empty() {
+        if let Err(e) = config.validate() {
+            problems.push(e.to_string());
+        }
+    }
     let mut plugins = connector_plugins::builtin();
     // Opens the libraries now, so --check refuses a missing or bad one; the
-    // connector finds them already open later (once per process).
-    let libraries = loader::register_libraries(&mut plugins, &config.plugins).map_err(|e| e.to_string())?;
-    for warning in libraries.iter().flat_map(|library| library.warnings()) {
-        eprintln!("warning: {warning}");
+    // connector finds them already open later (once per process). A library
+    // that does not load is reported; the others still register.
+    match loader::register_libraries(&mut plugins, &config.plugins) {
+        Ok(libraries) => {
+            for warning in libraries.iter().flat_map(|library| library.warnings()) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
     }
-    let problems = check_files_and_plugins(args, &config, &plugins);
-    if !problems.is_empty() {
-        return Err(problems.join("\n"));
+    check_files_and_plugins(&file, &plugins, &mut in_file, &mut problems);
+    if !in_file.is_empty() || !problems.is_empty() {
+        in_file.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+        let lines: Vec<String> = in_file.iter().map(ToString::to_string).chain(problems).collect();
+        return Err(lines.join("\n"));
     }
-    Ok(config)
+    Ok(file.into_config())
 }
 
 /// What the loader cannot see: the CA file, and whether every device's
-/// plugin exists and takes its settings. All problems at once, each as
-/// `file:line: key: what is wrong`, so a user fixes the file in one pass.
-fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistry) -> Vec<String> {
-    let text = args.config.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
-    let place = |key: &str| {
-        let line = text.as_deref().and_then(|text| Config::line_of(text, key));
-        match (&args.config, line) {
-            (Some(path), Some(line)) => format!("{}:{line}: {key}", path.display()),
-            (Some(path), None) => format!("{}: {key}", path.display()),
-            (None, _) => key.to_owned(),
-        }
-    };
-    let mut problems = Vec::new();
+/// plugin exists and takes its settings, each placed where it stands.
+fn check_files_and_plugins(
+    file: &ConfigFile,
+    plugins: &PluginRegistry,
+    in_file: &mut Vec<Problem>,
+    problems: &mut Vec<String>,
+) {
+    let config = file.config();
     if let Err(e) = TlsSettings::load(config.platform.ca_file.as_deref()) {
-        problems.push(format!("{}: {e}", place("platform.ca_file")));
+        in_file.push(file.problem("platform.ca_file", e.to_string()));
     }
     let mut settings = Vec::new();
     for (index, device) in config.devices.iter().enumerate() {
         if !plugins.contains(&device.plugin) {
             let known: Vec<&str> = plugins.names().collect();
-            problems.push(format!(
-                "{}: device {:?}: no plugin named {:?} (known plugins: {})",
-                place(&format!("devices[{index}].plugin")),
+            let message = format!(
+                "device {:?}: no plugin named {:?} (known plugins: {})",
                 device.id,
                 device.plugin,
                 known.join(", ")
-            ));
+            );
+            in_file.push(file.device_problem(index, "plugin", message));
             continue;
         }
-        settings.push((
-            place(&format!("devices[{index}].settings")),
-            DeviceSpec::from_config(device),
-        ));
+        let label = file.device_problem(index, "settings", format!("device {:?}", device.id));
+        settings.push((index, label.to_string(), DeviceSpec::from_config(device)));
     }
-    problems.extend(check_settings(plugins.clone(), settings));
-    problems
+    for problem in check_settings(plugins.clone(), settings) {
+        match problem {
+            // Placed at the key that did not fit (`settings.port`) when the
+            // plugin's message names one, else at the settings as a whole.
+            SettingsProblem::Device(index, message) => {
+                let key = settings_key(&message).unwrap_or("settings").to_owned();
+                in_file.push(file.device_problem(index, &key, message));
+            }
+            SettingsProblem::Other(message) => problems.push(message),
+        }
+    }
+}
+
+/// A device's settings refused by its plugin, or a check that did not finish.
+enum SettingsProblem {
+    Device(usize, String),
+    Other(String),
+}
+
+impl From<String> for SettingsProblem {
+    fn from(message: String) -> Self {
+        SettingsProblem::Other(message)
+    }
 }
 
 /// Each device's settings, checked by its plugin on a thread of its own: a
 /// factory that hangs costs `--check` and a reload [`CHECK_TIMEOUT`], no more.
-fn check_settings(plugins: PluginRegistry, devices: Vec<(String, DeviceSpec)>) -> Vec<String> {
+fn check_settings(plugins: PluginRegistry, devices: Vec<(usize, String, DeviceSpec)>) -> Vec<SettingsProblem> {
     SettingsCheck::new(
         devices,
-        |(place, spec): &(String, DeviceSpec)| format!("{place}: device {:?}", spec.id()),
-        move |(place, spec)| plugins.check_settings(spec).err().map(|e| format!("{place}: {e}")),
+        |(_, label, _): &(usize, String, DeviceSpec)| label.clone(),
+        move |(index, _, spec)| {
+            let refused = plugins.check_settings(spec).err()?;
+            Some(SettingsProblem::Device(*index, refused.to_string()))
+        },
     )
     .on_thread(CHECK_TIMEOUT)
+}
+
+/// The key a settings error names, as `DeviceSpec::settings` writes it:
+/// `` `settings.port` ``.
+fn settings_key(message: &str) -> Option<&str> {
+    let start = message.find("`settings")? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
 }
 
 async fn run(mut config: Config, args: &Args) -> Result<(), String> {

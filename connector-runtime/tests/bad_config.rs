@@ -37,12 +37,15 @@ const TABLE: &[(&str, &str, &[&str])] = &[
     (
         "syntax-tab.yaml",
         "platform:\n\tuser: a\n",
-        &["{file}:2:1:", "cannot start any token"],
+        &["{file}:2:2:", "not valid YAML: tabs disallowed"],
     ),
     (
         "syntax-quote.yaml",
         "platform:\n  user: \"alice\n",
-        &["{file}:3:1:", "quoted scalar at line 2"],
+        &[
+            "{file}:2:9:",
+            "not valid YAML: while scanning a quoted scalar, found unexpected end of stream",
+        ],
     ),
     (
         "unknown-top.yaml",
@@ -112,7 +115,7 @@ const TABLE: &[(&str, &str, &[&str])] = &[
     (
         "unknown-plugin.yaml",
         "devices:\n  - {id: a, plugin: nope}\n",
-        &["{file}:2: devices[0].plugin:", "no plugin named \"nope\""],
+        &["{file}:2:21: devices[0].plugin:", "no plugin named \"nope\""],
     ),
     (
         "library-missing.yaml",
@@ -147,27 +150,33 @@ const TABLE: &[(&str, &str, &[&str])] = &[
     (
         "ca-file-missing.yaml",
         "platform:\n  ca_file: ./missing.pem\n",
-        &["{file}:2: platform.ca_file:", "missing.pem"],
+        &["{file}:2:12: platform.ca_file:", "missing.pem"],
     ),
     (
         "ca-file-not-pem.yaml",
         "platform:\n  ca_file: not-pem.crt\n",
-        &["{file}:2: platform.ca_file:", "no PEM certificate"],
+        &["{file}:2:12: platform.ca_file:", "no PEM certificate"],
     ),
     (
         "generator-negative-interval.yaml",
         "devices:\n  - id: g\n    plugin: generator\n    settings:\n      interval_ms: -5\n",
-        &["{file}:5: devices[0].settings:", "`settings.interval_ms`"],
+        &[
+            "{file}:5:20: devices[0].settings.interval_ms:",
+            "`settings.interval_ms`",
+        ],
     ),
     (
         "generator-unknown-setting.yaml",
         "devices:\n  - id: g\n    plugin: generator\n    settings:\n      intervall_ms: 5\n",
-        &["{file}:5: devices[0].settings:", "unknown field `intervall_ms`"],
+        &[
+            "{file}:5:21: devices[0].settings.intervall_ms:",
+            "unknown field `intervall_ms`",
+        ],
     ),
     (
         "echo-unknown-setting.yaml",
         "devices:\n  - id: e\n    plugin: echo\n    settings: {volume: 3}\n",
-        &["{file}:4: devices[0].settings:", "unknown field `volume`"],
+        &["{file}:4:24: devices[0].settings.volume:", "unknown field `volume`"],
     ),
 ];
 
@@ -203,10 +212,59 @@ fn all_problems_found_after_loading_are_reported_together() {
     assert_eq!(code, Some(2), "{stderr}");
     let file = dir.join("several.yaml").display().to_string();
     for want in [
-        format!("{file}:2: platform.ca_file:"),
-        format!("{file}:4: devices[0].plugin:"),
-        format!("{file}:7: devices[1].settings:"),
+        format!("{file}:2:12: platform.ca_file:"),
+        format!("{file}:4:21: devices[0].plugin:"),
+        format!("{file}:7:29: devices[1].settings.interval_ms:"),
     ] {
         assert!(stderr.contains(&want), "{stderr:?} lacks {want:?}");
+    }
+}
+
+/// Issue 19: every problem of a file in one run, from the reading of the
+/// YAML to the plugins' settings, each with `file:line:col` and key path;
+/// a bad flag is named as the flag, not blamed on the file.
+#[test]
+fn every_problem_of_a_file_and_the_flags_shows_in_one_run() {
+    let dir = workspace();
+    let path = dir.join("everything.yaml");
+    let yaml = "\
+log_level: loud
+devices:
+  - id: lamp-1
+    plugin: echo
+    colour: red
+  - {id: plug-2, plugin: nope}
+  - id: lamp-1
+    plugin: echo
+  - id: gen-3
+    plugin: generator
+    settings:
+      interval_ms: 0
+";
+    std::fs::write(&path, yaml).unwrap();
+    let output = util::runtime_binary()
+        .arg("--config")
+        .arg(&path)
+        .args(["--lookup-url", "ftp://y", "--check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = path.display().to_string();
+    let want = [
+        format!("{file}:1:12: log_level: unknown log level `loud`"),
+        format!("{file}:5:5: devices[0]: unknown field `colour`"),
+        format!("{file}:6:26: devices[1].plugin: device \"plug-2\": no plugin named \"nope\""),
+        format!("{file}:7:9: devices[2].id: duplicate device id `lamp-1`, first used by devices[0] at line 3"),
+        format!("{file}:12:20: devices[3].settings.interval_ms: device \"gen-3\""),
+        "--lookup-url: `ftp://y` is not a usable URL: it must start with http:// or https://".to_owned(),
+    ];
+    for line in &want {
+        assert!(stderr.contains(line.as_str()), "{stderr}\nlacks: {line}");
+    }
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), want.len(), "one line per problem:\n{stderr}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(line.contains(want.as_str()), "in file order, then the flag:\n{stderr}");
     }
 }

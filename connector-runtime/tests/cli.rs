@@ -47,7 +47,7 @@ fn check_refuses_a_broken_config_naming_file_line_and_key() {
         (
             "no-plugin.yaml",
             "devices:\n  - {id: a, plugin: nope}\n",
-            "no-plugin.yaml:2: devices[0].plugin: device \"a\": no plugin named \"nope\"",
+            "no-plugin.yaml:2:21: devices[0].plugin: device \"a\": no plugin named \"nope\"",
         ),
         (
             "dup.yaml",
@@ -195,7 +195,7 @@ fn sighup_reloads_the_config_file_and_a_broken_one_is_refused_while_the_connecto
     assert!(exit.success(), "exit {exit:?}\n{log}");
     let refusal = log.lines().find(|line| line.contains("reload refused")).unwrap();
     assert!(
-        refusal.contains("reload.yaml:2: devices[0].plugin") && refusal.contains("no plugin named \"nope\""),
+        refusal.contains("reload.yaml:2:27: devices[0].plugin") && refusal.contains("no plugin named \"nope\""),
         "{refusal}"
     );
 }

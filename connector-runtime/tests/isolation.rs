@@ -66,7 +66,7 @@ async fn a_device_blocked_for_three_pong_timeouts_leaves_the_session_up_and_its_
     let devices = format!("{ECHO_DEVICES}  - {{ id: stuck-1, type: plug, name: Stuck, plugin: blocking }}\n");
     let mut config = config_for(&sim, &devices);
     config.platform.ping_interval_ms = 300;
-    config.platform.pong_timeout_ms = PONG_TIMEOUT.as_millis() as u64;
+    config.platform.pong_timeout_ms = Some(PONG_TIMEOUT.as_millis() as u64);
     let connector = connected_with(&sim, |builder| builder.plugin("blocking", blocking(&gate)), config).await;
 
     let stuck = sim

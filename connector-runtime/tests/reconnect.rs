@@ -288,7 +288,7 @@ async fn a_platform_that_stops_answering_pings_is_left_and_reconnected_to() {
     let sim = simulator().await;
     let mut config = config_for(&sim, ECHO_DEVICES);
     config.platform.ping_interval_ms = 100;
-    config.platform.pong_timeout_ms = 500;
+    config.platform.pong_timeout_ms = Some(500);
     let connector = connected(&sim, config).await;
     let mut events = connector.subscribe();
     sim.set_ignore_pings(true).await;
