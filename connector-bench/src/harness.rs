@@ -123,6 +123,11 @@ pub fn rss_kib() -> u64 {
     proc_field("/proc/self/status", "VmRSS:").unwrap_or(0)
 }
 
+/// This process's peak resident memory so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    proc_field("/proc/self/status", "VmHWM:").unwrap_or(0)
+}
+
 fn proc_field(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;

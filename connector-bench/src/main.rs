@@ -7,10 +7,11 @@
 //! - `harness`: the simulator on its own thread, configs, counters, memory.
 //! - `pump`: the `blast` plugin and the threads that emit its events.
 //! - `raw`: the raw baseline client.
-//! - `events`, `commands`, `scale`, `outage`, `slow`: one scenario each.
+//! - `events`, `commands`, `scale`, `outage`, `slow`, `config`: one scenario each.
 //! - `report`: tables, JSON and the targets.
 
 mod commands;
+mod config;
 mod events;
 mod harness;
 mod outage;
@@ -71,11 +72,25 @@ enum Scenario {
     Outage,
     /// Echo round trips beside devices that block 2 s; 1,000 devices blocking 20 ms each.
     SlowDevices,
+    /// Reading, checking, starting and reloading a connector.yaml of many devices.
+    Config {
+        /// Device counts (default 1000, 10000, 100000; smoke 100, 1000).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<usize>,
+    },
     /// Every scenario with its default counts.
     All,
     /// (internal) the runtime side of `scale`, in a process of its own.
     #[command(hide = true)]
     ScaleChild {
+        #[arg(long)]
+        devices: usize,
+        #[arg(long)]
+        lookup: String,
+    },
+    /// (internal) the runtime side of `config`, in a process of its own.
+    #[command(hide = true)]
+    ConfigChild {
         #[arg(long)]
         devices: usize,
         #[arg(long)]
@@ -96,6 +111,8 @@ fn main() -> ExitCode {
         scale_failures: Vec::new(),
         outage: None,
         slow: None,
+        config: Vec::new(),
+        config_failures: Vec::new(),
         targets: Vec::new(),
     };
     let default_events = if smoke { vec![1, 10] } else { vec![1, 100, 10_000] };
@@ -105,11 +122,26 @@ fn main() -> ExitCode {
         vec![10_000, 100_000]
     };
     let slow = matches!(cli.scenario, Scenario::SlowDevices | Scenario::All);
+    let default_config = if smoke {
+        vec![100, 1_000]
+    } else {
+        vec![1_000, 10_000, 100_000]
+    };
+    let config = match &cli.scenario {
+        Scenario::Config { devices } => or(devices.clone(), &default_config),
+        Scenario::All => default_config,
+        _ => Vec::new(),
+    };
     let (events, commands, scale, outage, pump_threads, window) = match cli.scenario {
         Scenario::ScaleChild { devices, lookup } => {
             scale::child(devices, lookup);
             return ExitCode::SUCCESS;
         }
+        Scenario::ConfigChild { devices, lookup } => {
+            config::child(devices, lookup);
+            return ExitCode::SUCCESS;
+        }
+        Scenario::Config { .. } => (vec![], false, vec![], false, 1, None),
         Scenario::Events { devices, pump_threads } => {
             (or(devices, &default_events), false, vec![], false, pump_threads, None)
         }
@@ -147,6 +179,13 @@ fn main() -> ExitCode {
     if slow {
         eprintln!("slow-devices ...");
         report.slow = Some(slow::run(slow::Plan::scaled(smoke)));
+    }
+    for n in config {
+        eprintln!("config: {n} devices ...");
+        match config::run(n) {
+            Ok(result) => report.config.push(result),
+            Err(why) => report.config_failures.push(format!("{n} devices: {why}")),
+        }
     }
     report.evaluate();
     report.print();

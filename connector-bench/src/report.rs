@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::commands::CommandsResult;
+use crate::config::ConfigResult;
 use crate::events::EventsResult;
 use crate::harness::Machine;
 use crate::outage::OutageResult;
@@ -22,6 +23,9 @@ pub struct Report {
     pub scale_failures: Vec<String>,
     pub outage: Option<OutageResult>,
     pub slow: Option<SlowResult>,
+    pub config: Vec<ConfigResult>,
+    /// Config runs that did not finish, with why.
+    pub config_failures: Vec<String>,
     pub targets: Vec<Target>,
 }
 
@@ -53,6 +57,10 @@ impl Report {
         let slow_ratio = slow.map(|s| s.p99_ratio);
         let slow_drops = slow.map(|s| s.link_drops as f64);
         let slow_unanswered = slow.map(|s| s.unanswered as f64);
+        let config100k = self.config.iter().find(|c| c.devices == 100_000);
+        let config_check = config100k.map(|c| (c.parse_ms + c.check_ms) / 1e3);
+        let config_registered = config100k.map(|c| c.registered_ms / 1e3);
+        let config_reload = config100k.map(|c| c.reload_ms / 1e3);
         self.targets = vec![
             Target {
                 name: "events ratio, 100 devices",
@@ -107,6 +115,24 @@ impl Report {
                 goal: "0",
                 value: slow_unanswered,
                 met: slow_unanswered.map(|v| v == 0.0),
+            },
+            Target {
+                name: "connector.yaml of 100,000 devices read and checked, s",
+                goal: "< 5",
+                value: config_check,
+                met: below(config_check, 5.0),
+            },
+            Target {
+                name: "connector.yaml of 100,000 devices: start to all registered, s",
+                goal: "< 10",
+                value: config_registered,
+                met: below(config_registered, 10.0),
+            },
+            Target {
+                name: "connector.yaml of 100,000 devices: reload of a changed file, s",
+                goal: "< 5",
+                value: config_reload,
+                met: below(config_reload, 5.0),
             },
         ];
     }
@@ -231,6 +257,31 @@ impl Report {
                 "| {} | {} | {:.0} | {:.0} | {:.2} |",
                 s.many_devices, s.pool_threads, s.many_per_s, s.ideal_per_s, s.share_of_ideal
             );
+        }
+        if !self.config.is_empty() || !self.config_failures.is_empty() {
+            println!("\nconfig (connector.yaml of echo devices; runtime in a process of its own)");
+            println!(
+                "| devices | file KiB | read ms | check ms | peak RSS KiB | registered ms | reload ms | reload +/-/~ |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+            for c in &self.config {
+                println!(
+                    "| {} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {}/{}/{} |",
+                    c.devices,
+                    c.file_bytes / 1024,
+                    c.parse_ms,
+                    c.check_ms,
+                    c.peak_kib,
+                    c.registered_ms,
+                    c.reload_ms,
+                    c.reload_added,
+                    c.reload_removed,
+                    c.reload_changed
+                );
+            }
+            for f in &self.config_failures {
+                println!("| failed: {f} |");
+            }
         }
         if !self.targets.is_empty() {
             println!("\ntargets");

@@ -72,6 +72,34 @@ fn all_smoke_runs_every_scenario_and_writes_positive_figures() {
         "{}",
         report["scale_failures"]
     );
+    assert_eq!(
+        report["config_failures"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        report["config_failures"]
+    );
+    let config = report["config"].as_array().expect("config");
+    assert_eq!(config.len(), 2);
+    for i in 0..config.len() {
+        for key in [
+            "devices",
+            "file_bytes",
+            "parse_ms",
+            "peak_kib",
+            "registered_ms",
+            "reload_ms",
+        ] {
+            positive(&report, &format!("/config/{i}/{key}"));
+        }
+    }
+    // 1 % changed, 1 % removed, 1 % added: the reload saw each kind.
+    for kind in ["reload_added", "reload_removed", "reload_changed"] {
+        assert_eq!(
+            report.pointer(&format!("/config/1/{kind}")),
+            Some(&Value::from(10)),
+            "{kind}"
+        );
+    }
     let scale = report["scale"].as_array().expect("scale");
     assert!(!scale.is_empty());
     for i in 0..scale.len() {
