@@ -8,9 +8,8 @@
 //! memory is the config's and the runtime's alone.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use connector_core::config::ConfigFile;
@@ -59,59 +58,29 @@ struct Reloaded {
 
 pub fn run(devices: usize) -> Result<ConfigResult, String> {
     let sim = harness::simulator(false);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args([
-            "config-child",
-            "--devices",
-            &devices.to_string(),
-            "--lookup",
-            &sim.lookup_url(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the config child: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let mut next_line = move || {
-        let mut line = String::new();
-        match stdout.read_line(&mut line) {
-            Ok(0) => Err("the config child ended early".to_owned()),
-            Ok(_) => Ok(line.trim().to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    let result = (|| {
-        let read: Read = serde_json::from_str(&next_line()?).map_err(|e| format!("bad child report: {e}"))?;
-        let said = next_line()?;
-        if said != "start" {
-            return Err(format!("the config child said {said:?}"));
-        }
-        let t0 = Instant::now();
-        let n = devices as u64;
-        let ready = harness::wait_blocking(&sim, Duration::from_millis(2), |c| c.devices_registered >= n)
-            .ok_or_else(|| format!("{devices} devices not registered within {:?}", harness::PATIENCE))?;
-        let registered_ms = (ready - t0).as_secs_f64() * 1e3;
-        writeln!(stdin, "reload").map_err(|e| e.to_string())?;
-        let reloaded: Reloaded = serde_json::from_str(&next_line()?).map_err(|e| format!("bad child report: {e}"))?;
-        Ok(ConfigResult {
-            devices,
-            file_bytes: read.file_bytes,
-            parse_ms: read.parse_ms,
-            check_ms: read.check_ms,
-            peak_kib: read.peak_kib,
-            rss_before_kib: read.rss_before_kib,
-            registered_ms,
-            reload_ms: reloaded.reload_ms,
-            reload_added: reloaded.added,
-            reload_removed: reloaded.removed,
-            reload_changed: reloaded.changed,
-        })
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    let mut child = harness::ChildRun::spawn("config-child", devices, &sim.lookup_url())?;
+    let read: Read = child.json()?;
+    child.expect("start")?;
+    let t0 = Instant::now();
+    let n = devices as u64;
+    let ready = harness::wait_blocking(&sim, Duration::from_millis(2), |c| c.devices_registered >= n)
+        .ok_or_else(|| format!("{devices} devices not registered within {:?}", harness::PATIENCE))?;
+    let registered_ms = (ready - t0).as_secs_f64() * 1e3;
+    child.say("reload")?;
+    let reloaded: Reloaded = child.json()?;
+    Ok(ConfigResult {
+        devices,
+        file_bytes: read.file_bytes,
+        parse_ms: read.parse_ms,
+        check_ms: read.check_ms,
+        peak_kib: read.peak_kib,
+        rss_before_kib: read.rss_before_kib,
+        registered_ms,
+        reload_ms: reloaded.reload_ms,
+        reload_added: reloaded.added,
+        reload_removed: reloaded.removed,
+        reload_changed: reloaded.changed,
+    })
 }
 
 /// The text of a `connector.yaml` with `devices` echo devices; `round` 1

@@ -2,6 +2,8 @@
 //! config pointing the runtime at it, counters read without an executor,
 //! resident memory, and the machine's description.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use connector_core::config::{Config, DeviceConfig};
@@ -116,6 +118,66 @@ pub fn with_connector<T: Send + 'static>(
         connector.shutdown(Duration::from_secs(1)).await;
         result
     })
+}
+
+/// This binary again, running one of its hidden `*-child` commands for
+/// `devices` devices against the simulator at `lookup`, so that the
+/// runtime's memory is measured in a process of its own. Talks in lines;
+/// killed when dropped.
+pub struct ChildRun {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildRun {
+    pub fn spawn(command: &str, devices: usize, lookup: &str) -> Result<ChildRun, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args([command, "--devices", &devices.to_string(), "--lookup", lookup])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {command}: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(ChildRun { child, stdin, stdout })
+    }
+
+    /// The child's next line, trimmed.
+    pub fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err("the child process ended early".to_owned()),
+            Ok(_) => Ok(line.trim().to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The child's next line, which must be `word`.
+    pub fn expect(&mut self, word: &str) -> Result<(), String> {
+        match self.line()? {
+            said if said == word => Ok(()),
+            said => Err(format!("the child process said {said:?}, not {word:?}")),
+        }
+    }
+
+    /// The child's next line, as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+        let line = self.line()?;
+        serde_json::from_str(&line).map_err(|e| format!("bad child report {line:?}: {e}"))
+    }
+
+    pub fn say(&mut self, word: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{word}").map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for ChildRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// This process's resident memory (`VmRSS`), in KiB.

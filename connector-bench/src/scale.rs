@@ -6,8 +6,7 @@
 //! command), so its resident memory is its own: the simulator, which holds
 //! its own copy of every registered device, stays in the parent.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use connector_runtime::Connector;
@@ -40,53 +39,26 @@ struct ChildReport {
 
 pub fn run(devices: usize) -> Result<ScaleResult, String> {
     let sim = harness::simulator(false);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args([
-            "scale-child",
-            "--devices",
-            &devices.to_string(),
-            "--lookup",
-            &sim.lookup_url(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the scale child: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let mut line = String::new();
-    let result = (|| {
-        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-        if line.trim() != "start" {
-            return Err(format!("the scale child said {line:?}"));
-        }
-        let t0 = Instant::now();
-        let n = devices as u64;
-        let ready = harness::wait_blocking(&sim, Duration::from_millis(2), |c| c.devices_registered >= n)
-            .ok_or_else(|| format!("{devices} devices not registered within {:?}", harness::PATIENCE))?;
-        let ready_ms = (ready - t0).as_secs_f64() * 1e3;
-        // Let the last replies and updates settle before reading memory.
-        std::thread::sleep(Duration::from_millis(300));
-        writeln!(stdin, "measure").map_err(|e| e.to_string())?;
-        line.clear();
-        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-        let report: ChildReport =
-            serde_json::from_str(line.trim()).map_err(|e| format!("bad child report {line:?}: {e}"))?;
-        Ok(ScaleResult {
-            devices,
-            ready_ms,
-            start_call_ms: report.start_call_ms,
-            rss_before_kib: report.rss_before_kib,
-            rss_ready_kib: report.rss_ready_kib,
-            per_device_bytes: report.rss_ready_kib.saturating_sub(report.rss_before_kib) as f64 * 1024.0
-                / devices as f64,
-            registration_requests: counters(&sim).registrations,
-        })
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    let mut child = harness::ChildRun::spawn("scale-child", devices, &sim.lookup_url())?;
+    child.expect("start")?;
+    let t0 = Instant::now();
+    let n = devices as u64;
+    let ready = harness::wait_blocking(&sim, Duration::from_millis(2), |c| c.devices_registered >= n)
+        .ok_or_else(|| format!("{devices} devices not registered within {:?}", harness::PATIENCE))?;
+    let ready_ms = (ready - t0).as_secs_f64() * 1e3;
+    // Let the last replies and updates settle before reading memory.
+    std::thread::sleep(Duration::from_millis(300));
+    child.say("measure")?;
+    let report: ChildReport = child.json()?;
+    Ok(ScaleResult {
+        devices,
+        ready_ms,
+        start_call_ms: report.start_call_ms,
+        rss_before_kib: report.rss_before_kib,
+        rss_ready_kib: report.rss_ready_kib,
+        per_device_bytes: report.rss_ready_kib.saturating_sub(report.rss_before_kib) as f64 * 1024.0 / devices as f64,
+        registration_requests: counters(&sim).registrations,
+    })
 }
 
 /// The child: start the runtime with `devices` echo devices, say `start`
