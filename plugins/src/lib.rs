@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`echo`]: answers every command with the command's body.
+//! - [`exec`]: device logic in any language: programs run per command, and
+//!   a long-running program's lines as events.
 //! - [`generator`]: emits events on a timer from a body template; for demos
 //!   and load tests. [`generator::template`] is the template language.
 //! - [`sysmetrics`]: the gateway's own load, memory, CPU, uptime and disk
@@ -15,6 +17,7 @@
 use connector_core::plugin::PluginRegistry;
 
 pub mod echo;
+pub mod exec;
 pub mod generator;
 pub mod settings;
 pub mod sysmetrics;
@@ -24,6 +27,7 @@ pub mod ticker;
 pub fn builtin() -> PluginRegistry {
     let mut plugins = PluginRegistry::new();
     plugins.register(echo::NAME, echo::create);
+    plugins.register(exec::NAME, exec::create);
     plugins.register(generator::NAME, generator::create);
     plugins.register(sysmetrics::NAME, sysmetrics::create);
     plugins
@@ -35,6 +39,6 @@ mod tests {
     fn every_builtin_plugin_is_registered_under_its_name() {
         let plugins = super::builtin();
         let names: Vec<&str> = plugins.names().collect();
-        assert_eq!(names, ["echo", "generator", "sysmetrics"]);
+        assert_eq!(names, ["echo", "exec", "generator", "sysmetrics"]);
     }
 }
