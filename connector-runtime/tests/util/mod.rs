@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use connector_core::config::Config;
@@ -65,6 +67,30 @@ pub fn runtime_binary() -> std::process::Command {
         command.env_remove(var);
     }
     command
+}
+
+/// The `platform-sim` binary, built on first use: for these tests cargo
+/// builds the simulator's library only, and cargo reports the file it wrote.
+pub fn platform_sim_binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .current_dir(workspace)
+            .args(["build", "--message-format=json-render-diagnostics"])
+            .args(["-p", "platform-sim", "--bin", "platform-sim"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building the platform-sim binary failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "platform-sim")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the platform-sim executable")
+    })
 }
 
 pub const ECHO_DEVICES: &str = "  - { id: lamp-1, type: lamp, name: Lamp, plugin: echo }\n  - { id: plug-2, type: plug, name: Plug, plugin: echo }\n";

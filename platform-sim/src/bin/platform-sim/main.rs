@@ -31,9 +31,9 @@ One port serves everything:
     POST /control/fault/raw        {\"text\":\"..\"} | {\"hex\":\"00ff\"} | {\"huge\":1000000}
 See platform-sim/README.md for the answers.
 
-Example:
-  platform-sim serve --listen 127.0.0.1:8093 --user u --password p
-  CONNECTOR_LOOKUP_URL=http://127.0.0.1:8093/lookup <your connector>
+Example (serve accepts the credentials of config/*.yaml unless told otherwise):
+  platform-sim serve
+  connector-runtime --config config/demo.yaml
   platform-sim devices
   platform-sim command --device lamp-1 --endpoint on --body '{}' --wait-ms 5000
   platform-sim events --follow
@@ -76,11 +76,13 @@ struct ServeArgs {
     /// Address to listen on; port 0 lets the OS pick one.
     #[arg(long, default_value = "127.0.0.1:8093")]
     listen: SocketAddr,
-    /// Platform user a connector must present.
-    #[arg(long, default_value = "")]
+    /// Platform user a connector must present; the default is the user of
+    /// the example configs in config/.
+    #[arg(long, default_value = DEMO_USER)]
     user: String,
-    /// Platform password a connector must present (never logged).
-    #[arg(long, default_value = "", hide_default_value = true)]
+    /// Platform password a connector must present (never logged); the
+    /// default is the password of the example configs in config/.
+    #[arg(long, default_value = DEMO_PASSWORD, hide_default_value = true)]
     password: String,
     /// HTTP path for device (un)registration.
     #[arg(long, default_value = platform_sim::config::DEFAULT_REGISTRATION_PATH)]
@@ -107,6 +109,11 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 }
+
+/// The credentials of the example configs (`config/*.yaml`), so that a
+/// simulator started by hand accepts them as they are.
+const DEMO_USER: &str = "demo";
+const DEMO_PASSWORD: &str = "demo-password";
 
 /// Which running simulator to talk to.
 #[derive(Debug, Args)]
@@ -269,6 +276,7 @@ fn serve(args: ServeArgs) -> CliResult {
         tls,
         ..SimConfig::default()
     };
+    let user = config.user.clone();
     actix_rt::System::new().block_on(async move {
         let sim = Simulator::start(config).await.map_err(|e| e.to_string())?;
         let mut out = std::io::stdout().lock();
@@ -279,6 +287,7 @@ fn serve(args: ServeArgs) -> CliResult {
             socket = %sim.socket_url(),
             control = %sim.control_url(),
             registration = %sim.registration_url(),
+            %user,
             "serving"
         );
         // Runs until the process is killed (Ctrl-C): the simulator holds no
