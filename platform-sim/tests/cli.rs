@@ -119,3 +119,40 @@ fn help_documents_the_control_api() {
         assert!(help.contains(needle), "help lacks {needle}");
     }
 }
+
+/// The raw answer to `GET path` from `base` (`http://HOST:PORT`).
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The README says every client subcommand takes `--url`; people put it
+/// after the fault's own flags as often as before the fault.
+#[test]
+fn fault_takes_url_before_and_after_the_fault_name() {
+    let server = serve(&[]);
+    let url = server.base.as_str();
+    for args in [
+        ["fault", "--url", url, "drop", "--reset"],
+        ["fault", "drop", "--reset", "--url", url],
+    ] {
+        let answer = stdout_json(&run(&args));
+        assert_eq!(answer["dropped"], 0, "{args:?}: {answer}");
+    }
+    let answer = stdout_json(&run(&["fault", "lookup", "--status", "503", "--url", url]));
+    assert_eq!(answer["status"], 503, "{answer}");
+    // The fault reached the server at `url`, not one on the default port.
+    let lookup = http_get(url, "/lookup");
+    assert!(lookup.starts_with("HTTP/1.1 503"), "{lookup}");
+    let output = run(&["fault", "drop", "--url"]);
+    assert!(!output.status.success(), "--url without a value is refused");
+}

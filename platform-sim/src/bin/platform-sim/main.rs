@@ -37,6 +37,7 @@ Example (serve accepts the credentials of config/*.yaml unless told otherwise):
   platform-sim devices
   platform-sim command --device lamp-1 --endpoint on --body '{}' --wait-ms 5000
   platform-sim events --follow
+  platform-sim fault drop --reset --url http://127.0.0.1:8093
 
 TLS: `serve --tls-cert cert.pem --tls-key key.pem` serves https:// and wss://
 on the same port (the lookup answers wss://HOST:PORT/ws); give the connector
@@ -119,7 +120,9 @@ const DEMO_PASSWORD: &str = "demo-password";
 #[derive(Debug, Args)]
 struct Target {
     /// Base URL of the running simulator.
-    #[arg(long, default_value = "http://127.0.0.1:8093")]
+    // Global: `fault drop --reset --url U` is where people put it, and
+    // `fault --url U drop --reset` keeps working.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8093")]
     url: String,
 }
 
