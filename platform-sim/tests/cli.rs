@@ -4,6 +4,8 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_platform-sim");
@@ -22,20 +24,20 @@ impl Drop for Server {
 }
 
 fn serve(extra: &[&str]) -> Server {
+    let mut args = vec!["--user", "u", "--password", "hidden-pw"];
+    args.extend_from_slice(extra);
+    serve_with(&args, Stdio::null())
+}
+
+/// `serve --listen 127.0.0.1:0` with `args` and nothing else, so that the
+/// defaults are the binary's own.
+fn serve_with(args: &[&str], stderr: Stdio) -> Server {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--user",
-            "u",
-            "--password",
-            "hidden-pw",
-        ])
-        .args(extra)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("binary starts");
     let mut line = String::new();
@@ -155,4 +157,34 @@ fn fault_takes_url_before_and_after_the_fault_name() {
     assert!(lookup.starts_with("HTTP/1.1 503"), "{lookup}");
     let output = run(&["fault", "drop", "--url"]);
     assert!(!output.status.success(), "--url without a value is refused");
+}
+
+/// A redirected log is for a file or a collector: no colour codes. Served
+/// with its defaults, the simulator names the user it expects (the example
+/// configs' one) and never the password.
+#[test]
+fn serve_logs_plain_text_to_a_redirected_stderr_naming_the_default_user() {
+    let mut server = serve_with(&[], Stdio::piped());
+    let stderr = server.child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    // Generous: the line is written right after the lookup line was read.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) {
+        let serving = line.contains("serving");
+        log.push(line);
+        if serving {
+            break;
+        }
+    }
+    let log = log.join("\n");
+    let serving = log.lines().find(|line| line.contains("serving"));
+    let serving = serving.unwrap_or_else(|| panic!("no `serving` line:\n{log}"));
+    assert!(!log.contains("\x1b["), "colour codes in a redirected log:\n{log:?}");
+    assert!(serving.contains("user=demo"), "{serving}");
+    assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
 }

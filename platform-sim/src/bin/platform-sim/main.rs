@@ -5,7 +5,13 @@
 
 mod client;
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use platform_sim::{SimConfig, Simulator, TlsConfig};
@@ -262,6 +268,9 @@ fn serve(args: ServeArgs) -> CliResult {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; redirected logs stay
+        // plain, as connector-runtime's do.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key).map_err(|e| e.to_string())?),
