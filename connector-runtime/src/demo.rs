@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use connector_core::config::{Config, DeviceConfig};
+use connector_core::logging::LogFormat;
 use platform_sim::{Command, EventFilter, SimConfig, SimHandle, Simulator};
 use tracing::{info, warn};
 
@@ -24,6 +25,12 @@ pub async fn start_simulator(config: &Config) -> Result<SimHandle, String> {
         .await
         .map_err(|e| format!("the embedded platform could not start: {e}"))?;
     info!(lookup_url = %sim.lookup_url(), control_url = %sim.control_url(), "embedded platform simulator listening");
+    // The hints are for a person at a terminal; with JSON logs the output
+    // goes to a collector that expects nothing but JSON, and the event above
+    // carries the URLs.
+    if config.log_format == LogFormat::Json {
+        return Ok(sim);
+    }
     println!("embedded platform: {}", sim.lookup_url());
     println!(
         "  watch events:   cargo run -p platform-sim -- events --follow --url {}",
