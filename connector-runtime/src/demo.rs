@@ -43,9 +43,9 @@ pub async fn start_simulator(config: &Config) -> Result<SimHandle, String> {
     Ok(sim)
 }
 
-/// Sends each device in turn a `demo` command every `interval`, and reports
-/// the events the platform received since the last round.
-pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duration) {
+/// Sends each device in turn a command to `endpoint` every `interval`, and
+/// reports the events the platform received since the last round.
+pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duration, endpoint: String) {
     if devices.is_empty() {
         warn!("no devices configured: the demo has nothing to drive");
         return;
@@ -56,7 +56,7 @@ pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duratio
         actix_rt::time::sleep(interval).await;
         round += 1;
         let device = &devices[(round as usize - 1) % devices.len()];
-        let command = Command::new(device.id.clone(), "demo").body(format!("hello #{round}"));
+        let command = Command::new(device.id.clone(), endpoint.clone()).body(format!("hello #{round}"));
         match sim.command_and_wait(&command, ANSWER_TIMEOUT).await {
             Ok(answer) => info!(
                 device_id = %device.id,

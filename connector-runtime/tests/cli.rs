@@ -264,6 +264,22 @@ fn json_log_format_writes_nothing_but_json_on_stdout_and_no_colour_codes() {
     assert!(lookup.starts_with("http://127.0.0.1:"), "{listening}");
 }
 
+/// sysmetrics answers `read`, not the demo driver's default `get`; its
+/// config's command line says `--demo-endpoint read`, and with it every
+/// demo command is answered with the metrics instead of an error.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sysmetrics_example_with_demo_endpoint_read_answers_with_its_metrics() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/sysmetrics.yaml");
+    let mut demo = Demo::start_with(&config, &["--demo-endpoint", "read"]);
+    let answered = demo.wait_for(|line| line.contains("got the answer") && line.contains("uptime_seconds"));
+    let (exit, log) = demo.stop();
+    let log = log.join("\n");
+    assert!(answered, "no metrics in an answer:\n{log}");
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(!log.contains("unknown endpoint"), "{log}");
+}
+
 #[test]
 fn version_names_the_crate_version_and_the_plugin_abi() {
     let output = runtime_binary().arg("--version").output().unwrap();
