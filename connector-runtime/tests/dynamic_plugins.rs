@@ -10,7 +10,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,11 +26,7 @@ use util::*;
 fn libraries() -> &'static BTreeMap<String, PathBuf> {
     static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Process::new(cargo)
-            .current_dir(workspace)
-            .args(["build", "--message-format=json-render-diagnostics"])
+        let output = cargo_build()
             .args(["-p", "connector-test-plugins", "-p", "my-plugin", "--lib", "--examples"])
             .stderr(Stdio::inherit())
             .output()
