@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use connector_core::config::{Config, DeviceConfig};
+use connector_core::logging::LogFormat;
 use platform_sim::{Command, EventFilter, SimConfig, SimHandle, Simulator};
 use tracing::{info, warn};
 
@@ -24,6 +25,12 @@ pub async fn start_simulator(config: &Config) -> Result<SimHandle, String> {
         .await
         .map_err(|e| format!("the embedded platform could not start: {e}"))?;
     info!(lookup_url = %sim.lookup_url(), control_url = %sim.control_url(), "embedded platform simulator listening");
+    // The hints are for a person at a terminal; with JSON logs the output
+    // goes to a collector that expects nothing but JSON, and the event above
+    // carries the URLs.
+    if config.log_format == LogFormat::Json {
+        return Ok(sim);
+    }
     println!("embedded platform: {}", sim.lookup_url());
     println!(
         "  watch events:   cargo run -p platform-sim -- events --follow --url {}",
@@ -36,9 +43,9 @@ pub async fn start_simulator(config: &Config) -> Result<SimHandle, String> {
     Ok(sim)
 }
 
-/// Sends each device in turn a `demo` command every `interval`, and reports
-/// the events the platform received since the last round.
-pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duration) {
+/// Sends each device in turn a command to `endpoint` every `interval`, and
+/// reports the events the platform received since the last round.
+pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duration, endpoint: String) {
     if devices.is_empty() {
         warn!("no devices configured: the demo has nothing to drive");
         return;
@@ -49,7 +56,7 @@ pub async fn drive(sim: SimHandle, devices: Vec<DeviceConfig>, interval: Duratio
         actix_rt::time::sleep(interval).await;
         round += 1;
         let device = &devices[(round as usize - 1) % devices.len()];
-        let command = Command::new(device.id.clone(), "demo").body(format!("hello #{round}"));
+        let command = Command::new(device.id.clone(), endpoint.clone()).body(format!("hello #{round}"));
         match sim.command_and_wait(&command, ANSWER_TIMEOUT).await {
             Ok(answer) => info!(
                 device_id = %device.id,

@@ -64,6 +64,12 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     demo_interval: f64,
 
+    /// The endpoint of the demo commands in --embedded-platform mode. Plugins
+    /// do not declare their endpoints, so pick one yours answers; `get` suits
+    /// echo, generator and examples/my-plugin, sysmetrics needs `read`.
+    #[arg(long, value_name = "ENDPOINT", default_value = "get")]
+    demo_endpoint: String,
+
     /// Log level: trace, debug, info, warning (warn), error (critical).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<LogLevel>,
@@ -281,7 +287,12 @@ async fn run(mut config: Config, args: &Args) -> Result<(), String> {
     };
     let driver = simulator.as_ref().map(|sim| {
         let interval = Duration::from_secs_f64(args.demo_interval.max(0.05));
-        actix_rt::spawn(demo::drive(sim.clone(), config.devices.clone(), interval))
+        actix_rt::spawn(demo::drive(
+            sim.clone(),
+            config.devices.clone(),
+            interval,
+            args.demo_endpoint.clone(),
+        ))
     });
 
     // The embedded platform keeps the address and credentials it started with.

@@ -85,6 +85,8 @@ struct Demo {
     child: Child,
     lines: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// Collects stdout until the process ends.
+    stdout: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl Demo {
@@ -100,7 +102,7 @@ impl Demo {
             .args(["--embedded-platform", "--demo-interval", "0.1"])
             .args(extra)
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::channel();
@@ -110,10 +112,13 @@ impl Demo {
                 let _ = tx.send(line);
             }
         });
+        let stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect());
         Demo {
             child,
             lines,
             log: Vec::new(),
+            stdout,
         }
     }
 
@@ -140,16 +145,23 @@ impl Demo {
 
     /// Stops the process the way systemd and container runtimes do, and
     /// returns its exit status and every stderr line.
-    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+    fn stop(self) -> (ExitStatus, Vec<String>) {
+        let (exit, log, _stdout) = self.stop_with_stdout();
+        (exit, log)
+    }
+
+    /// [`Demo::stop`], and every stdout line too.
+    fn stop_with_stdout(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
-        // The reader thread ends at EOF, so this drains everything.
+        // The reader threads end at EOF, so this drains everything.
         self.log.extend(self.lines.iter());
-        (exit, self.log)
+        let stdout = self.stdout.join().unwrap();
+        (exit, self.log, stdout)
     }
 }
 
@@ -157,13 +169,19 @@ impl Demo {
 fn the_embedded_platform_demo_runs_the_whole_loop_and_stops_cleanly_on_sigterm() {
     let mut demo = Demo::start(&[]);
     let answered = demo.wait_for(|line| line.contains("got the answer") && line.contains("answer=hello #2"));
-    let (exit, log) = demo.stop();
+    let (exit, log, stdout) = demo.stop_with_stdout();
     let log = log.join("\n");
     assert!(answered, "the demo never got an answer:\n{log}");
     assert!(exit.success(), "exit {exit:?}\n{log}");
     assert!(log.contains("devices registered devices=3"), "{log}");
     assert!(log.contains("platform link closed"), "{log}");
     assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
+    // stderr is a pipe here, as it is under systemd or in a log file.
+    assert!(!log.contains("\x1b["), "colour codes in a redirected log:\n{log:?}");
+    // The hints for a person at a terminal, in text mode.
+    let stdout = stdout.join("\n");
+    assert!(stdout.contains("embedded platform: http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("platform-sim -- events --follow --url"), "{stdout}");
 }
 
 #[test]
@@ -221,6 +239,45 @@ fn json_log_format_writes_one_json_object_per_line_with_the_events_fields() {
         .find(|event| event["fields"]["message"] == "devices registered")
         .expect("the registration event");
     assert_eq!(registration["fields"]["devices"], 3, "{registration}");
+}
+
+/// A log collector reading a JSON-mode demo gets JSON on both streams: the
+/// plain-text hints stay off stdout and the listening event carries the URLs.
+#[test]
+fn json_log_format_writes_nothing_but_json_on_stdout_and_no_colour_codes() {
+    let mut demo = Demo::start(&["--log-format", "json"]);
+    let answered = demo.wait_for(|line| line.contains("got the answer"));
+    let (exit, log, stdout) = demo.stop_with_stdout();
+    let joined = log.join("\n");
+    assert!(answered, "the demo never got an answer:\n{joined}");
+    assert!(exit.success(), "exit {exit:?}\n{joined}");
+    for line in stdout.iter().chain(&log) {
+        assert!(!line.contains("\x1b["), "colour codes: {line:?}");
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let listening = log
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["fields"]["message"] == "embedded platform simulator listening")
+        .unwrap_or_else(|| panic!("no listening event:\n{joined}"));
+    let lookup = listening["fields"]["lookup_url"].as_str().unwrap_or_default();
+    assert!(lookup.starts_with("http://127.0.0.1:"), "{listening}");
+}
+
+/// sysmetrics answers `read`, not the demo driver's default `get`; its
+/// config's command line says `--demo-endpoint read`, and with it every
+/// demo command is answered with the metrics instead of an error.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sysmetrics_example_with_demo_endpoint_read_answers_with_its_metrics() {
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/sysmetrics.yaml");
+    let mut demo = Demo::start_with(&config, &["--demo-endpoint", "read"]);
+    let answered = demo.wait_for(|line| line.contains("got the answer") && line.contains("uptime_seconds"));
+    let (exit, log) = demo.stop();
+    let log = log.join("\n");
+    assert!(answered, "no metrics in an answer:\n{log}");
+    assert!(exit.success(), "exit {exit:?}\n{log}");
+    assert!(!log.contains("unknown endpoint"), "{log}");
 }
 
 #[test]

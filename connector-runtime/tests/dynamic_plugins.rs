@@ -10,7 +10,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,11 +26,7 @@ use util::*;
 fn libraries() -> &'static BTreeMap<String, PathBuf> {
     static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Process::new(cargo)
-            .current_dir(workspace)
-            .args(["build", "--message-format=json-render-diagnostics"])
+        let output = cargo_build()
             .args(["-p", "connector-test-plugins", "-p", "my-plugin", "--lib", "--examples"])
             .stderr(Stdio::inherit())
             .output()
@@ -546,4 +542,57 @@ fn the_my_plugin_config_loads_the_release_library_built_next_to_the_workspace() 
     );
     assert!(library.ends_with("../target/release/libmy_plugin.so"), "{library:?}");
     assert!(config.devices.iter().all(|d| d.plugin == "thermostat"));
+}
+
+/// `config/my-plugin.yaml --embedded-platform`, with the library this test
+/// built in place of the release one: the demo driver's commands go to an
+/// endpoint the thermostat knows, so they are answered, not warned about.
+#[test]
+fn the_my_plugin_config_with_the_embedded_platform_gets_answers_not_unknown_endpoint_warnings() {
+    use std::io::{BufRead, BufReader};
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/my-plugin.yaml"))
+        .expect("config/my-plugin.yaml reads");
+    let release = "../target/release/libmy_plugin.so";
+    assert!(shipped.contains(release), "the file names {release}");
+    let config = scratch("my-plugin.yaml");
+    std::fs::write(
+        &config,
+        shipped.replace(release, &library("my_plugin").display().to_string()),
+    )
+    .unwrap();
+    let mut child = util::runtime_binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--embedded-platform", "--demo-interval", "0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the runtime starts");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Three answers: the first is no accident of start-up order.
+    let mut log = Vec::new();
+    let mut answers = 0;
+    while answers < 3 {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
+            break;
+        };
+        if line.contains("got the answer") && line.contains("device_id=hall-thermostat") {
+            answers += 1;
+        }
+        log.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log.extend(lines.iter());
+    let log = log.join("\n");
+    assert_eq!(answers, 3, "the thermostat did not answer the demo:\n{log}");
+    // `get` answers the configured target.
+    assert!(log.contains("answer=21.5"), "{log}");
+    assert!(!log.contains("unknown endpoint"), "{log}");
 }

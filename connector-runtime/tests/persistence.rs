@@ -88,6 +88,13 @@ async fn events_buffered_on_disk_survive_a_sigkill_and_arrive_once_in_order_afte
     .await;
     first.kill().unwrap(); // SIGKILL: no shutdown, no flush
     first.wait().unwrap();
+    #[cfg(unix)]
+    {
+        // Every device's events are in it: not for other users' eyes.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&outbox).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the outbox file's mode is {mode:o}");
+    }
 
     // The second run starts from the file and its generator counts from 1
     // again; both runs' events wait on disk while the platform is down.

@@ -12,7 +12,7 @@
 //! | `GET /control/counters` | | every counter, `{"changes":0,...}` |
 //! | `GET /control/events?device=&kind=&since=&limit=` | | `{"events":[...]}` |
 //! | `POST /control/reset` | | `{"reset":true}` |
-//! | `POST /control/command` | `{"device_id","endpoint","endpoint_name"?,"header"?,"body"?,"wait_ms"?}` | `{"task_id","sessions"}` or `{"task_id","response"}`; 504 / 409 |
+//! | `POST /control/command` | `{"device_id","endpoint","endpoint_name"?,"header"?,"body"?,"wait_ms"?}` | `{"task_id","sessions"}` or `{"task_id","response"}`; 504 (saying so when the device is not registered) / 409 |
 //! | `POST /control/fault/drop` | `{"mode":"close"\|"reset","code"?,"reason"?}` | `{"dropped":n}` |
 //! | `POST /control/fault/refuse-credentials` | `{"refuse":bool}` | `{"refuse_credentials":bool}` |
 //! | `POST /control/fault/ignore-pings` | `{"ignore":bool}` | `{"ignore_pings":bool}` |
@@ -253,6 +253,15 @@ pub(crate) async fn command_and_wait(
         Ok(Err(_)) => Err(SimError::Stopped),
         Err(_) => {
             shared.remove_waiter(&task_id);
+            // Checked now, not at send time: a device may register while
+            // its command waits.
+            if !shared.is_registered(&command.device_id) {
+                tracing::warn!(%task_id, device_id = %command.device_id, "command_timed_out_device_not_registered");
+                return Err(SimError::NotRegistered {
+                    task_id,
+                    device_id: command.device_id.clone(),
+                });
+            }
             tracing::warn!(%task_id, "command_timed_out");
             Err(SimError::Timeout { task_id })
         }
@@ -396,10 +405,12 @@ async fn command(shared: Sim, request: Json<CommandRequest>) -> HttpResponse {
 fn sim_error(error: SimError) -> HttpResponse {
     match error {
         SimError::NoSession => error_json(StatusCode::CONFLICT, &error.to_string()),
-        SimError::Timeout { ref task_id } => HttpResponse::GatewayTimeout().json(json!({
-            "error": error.to_string(),
-            "task_id": task_id,
-        })),
+        SimError::Timeout { ref task_id } | SimError::NotRegistered { ref task_id, .. } => {
+            HttpResponse::GatewayTimeout().json(json!({
+                "error": error.to_string(),
+                "task_id": task_id,
+            }))
+        }
         other => error_json(StatusCode::SERVICE_UNAVAILABLE, &other.to_string()),
     }
 }

@@ -31,6 +31,19 @@ pub enum SimError {
         /// The task id of the command that went unanswered.
         task_id: String,
     },
+    /// No `response:` with this task id arrived in time, and no device of
+    /// the command's id is registered: the likely reason, since a connector
+    /// drops commands for devices it does not have.
+    #[error(
+        "no response to task {task_id} within the time-out: no device {device_id:?} is registered \
+         (`platform-sim devices` lists the registered ones)"
+    )]
+    NotRegistered {
+        /// The task id of the command that went unanswered.
+        task_id: String,
+        /// The device id the command was for.
+        device_id: String,
+    },
     /// The simulator was stopped (or its runtime went away).
     #[error("the simulator is stopped")]
     Stopped,

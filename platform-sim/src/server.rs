@@ -376,7 +376,9 @@ impl SimHandle {
         control::send_command(self.shared(), command)
     }
 
-    /// Sends a command and waits for the `response:` with its task id.
+    /// Sends a command and waits for the `response:` with its task id. After
+    /// `timeout` the error is [`SimError::NotRegistered`] when no device of
+    /// the command's id is registered, else [`SimError::Timeout`].
     pub async fn command_and_wait(&self, command: &Command, timeout: Duration) -> Result<CommandResponse, SimError> {
         control::command_and_wait(self.shared(), command, timeout).await
     }

@@ -419,6 +419,10 @@ impl Shared {
         lock(&self.devices).values().cloned().collect()
     }
 
+    pub(crate) fn is_registered(&self, id: &str) -> bool {
+        lock(&self.devices).contains_key(id)
+    }
+
     // ---- sessions ----
 
     pub(crate) fn open_session(&self, peer: Option<SocketAddr>) -> (u64, mpsc::UnboundedReceiver<SessionCmd>) {

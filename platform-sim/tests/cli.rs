@@ -4,6 +4,8 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_platform-sim");
@@ -22,20 +24,20 @@ impl Drop for Server {
 }
 
 fn serve(extra: &[&str]) -> Server {
+    let mut args = vec!["--user", "u", "--password", "hidden-pw"];
+    args.extend_from_slice(extra);
+    serve_with(&args, Stdio::null())
+}
+
+/// `serve --listen 127.0.0.1:0` with `args` and nothing else, so that the
+/// defaults are the binary's own.
+fn serve_with(args: &[&str], stderr: Stdio) -> Server {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--user",
-            "u",
-            "--password",
-            "hidden-pw",
-        ])
-        .args(extra)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("binary starts");
     let mut line = String::new();
@@ -118,4 +120,71 @@ fn help_documents_the_control_api() {
     for needle in ["/control/command", "/control/fault/pause", "serve", "events"] {
         assert!(help.contains(needle), "help lacks {needle}");
     }
+}
+
+/// The raw answer to `GET path` from `base` (`http://HOST:PORT`).
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The README says every client subcommand takes `--url`; people put it
+/// after the fault's own flags as often as before the fault.
+#[test]
+fn fault_takes_url_before_and_after_the_fault_name() {
+    let server = serve(&[]);
+    let url = server.base.as_str();
+    for args in [
+        ["fault", "--url", url, "drop", "--reset"],
+        ["fault", "drop", "--reset", "--url", url],
+    ] {
+        let answer = stdout_json(&run(&args));
+        assert_eq!(answer["dropped"], 0, "{args:?}: {answer}");
+    }
+    let answer = stdout_json(&run(&["fault", "lookup", "--status", "503", "--url", url]));
+    assert_eq!(answer["status"], 503, "{answer}");
+    // The fault reached the server at `url`, not one on the default port.
+    let lookup = http_get(url, "/lookup");
+    assert!(lookup.starts_with("HTTP/1.1 503"), "{lookup}");
+    let output = run(&["fault", "drop", "--url"]);
+    assert!(!output.status.success(), "--url without a value is refused");
+}
+
+/// A redirected log is for a file or a collector: no colour codes. Served
+/// with its defaults, the simulator names the user it expects (the example
+/// configs' one) and never the password.
+#[test]
+fn serve_logs_plain_text_to_a_redirected_stderr_naming_the_default_user() {
+    let mut server = serve_with(&[], Stdio::piped());
+    let stderr = server.child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    // Generous: the line is written right after the lookup line was read.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) {
+        let serving = line.contains("serving");
+        log.push(line);
+        if serving {
+            break;
+        }
+    }
+    let log = log.join("\n");
+    let serving = log.lines().find(|line| line.contains("serving"));
+    let serving = serving.unwrap_or_else(|| panic!("no `serving` line:\n{log}"));
+    assert!(!log.contains("\x1b["), "colour codes in a redirected log:\n{log:?}");
+    assert!(serving.contains("user=demo"), "{serving}");
+    assert!(!log.contains("demo-password"), "the password leaked:\n{log}");
 }

@@ -100,6 +100,7 @@ async fn handle_command_and_wait_returns_the_parsed_response() {
 async fn command_wait_times_out_with_504_and_the_task_id() {
     let sim = start().await;
     let mut conn = ws_login(&sim).await;
+    assert_eq!(register(&sim, json!([{"id": "d"}])).await.0, 200);
     let (status, answer) = send_json(
         "POST",
         &format!("{}/command", sim.control_url()),
@@ -115,6 +116,39 @@ async fn command_wait_times_out_with_504_and_the_task_id() {
         .await
         .unwrap_err();
     assert!(matches!(err, SimError::Timeout { ref task_id } if !task_id.is_empty()));
+    assert!(!err.to_string().contains("registered"), "{err}");
+}
+
+/// The README's first command goes to `lamp-1`; with a connector that has no
+/// such device the 504 says why instead of only that time ran out.
+#[actix_rt::test]
+async fn a_command_for_an_unregistered_device_times_out_saying_no_such_device_is_registered() {
+    let sim = start().await;
+    let mut conn = ws_login(&sim).await;
+    assert_eq!(register(&sim, json!([{"id": "plug-2"}])).await.0, 200);
+    let (status, answer) = send_json(
+        "POST",
+        &format!("{}/command", sim.control_url()),
+        &json!({"device_id": "lamp-1", "endpoint": "on", "wait_ms": 50}),
+    )
+    .await;
+    assert_eq!(status, 504, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains(r#"no device "lamp-1" is registered"#), "{answer}");
+    // The command still went out: a connector may answer for a device it
+    // failed to register.
+    let frame = ws_next_json(&mut conn).await;
+    assert_eq!(answer["task_id"], frame["task_id"]);
+    assert_eq!(frame["device_url"], "lamp-1");
+
+    let err = sim
+        .command_and_wait(&Command::new("lamp-1", "on"), Duration::from_millis(20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SimError::NotRegistered { ref device_id, ref task_id } if device_id == "lamp-1" && !task_id.is_empty()),
+        "{err:?}"
+    );
 }
 
 #[actix_rt::test]

@@ -130,11 +130,7 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(open_err)?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut file = private(OpenOptions::new().read(true).write(true).create(true).truncate(false))
             .open(path)
             .map_err(open_err)?;
         let bytes = std::fs::read(path).map_err(|source| JournalError::Read {
@@ -318,11 +314,14 @@ impl Journal {
         for frame in live {
             self.frame(frame);
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
+        // A file left by a rewrite cut short may predate the owner-only mode,
+        // which applies only to a file being created.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(&tmp)(e)),
+        }
+        let mut file = private(OpenOptions::new().read(true).write(true).create_new(true))
             .open(&tmp)
             .map_err(write_err(&tmp))?;
         file.write_all(&self.scratch).map_err(write_err(&tmp))?;
@@ -369,6 +368,14 @@ fn kind_of(byte: u8) -> Option<FrameKind> {
         2 => Some(FrameKind::Update),
         _ => None,
     }
+}
+
+/// Creates files readable and writable by their owner only (0600 on unix):
+/// the journal holds every device's events.
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 /// A rename or a new file is durable only once its directory is synced.
@@ -678,5 +685,26 @@ mod tests {
         drop(journal);
         let (_journal, recovered) = Journal::open(&path).unwrap();
         assert_eq!(texts(&recovered), ["after truncate"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_and_its_rewrite_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let path = scratch_dir("mode").join("outbox.log");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600, "a new journal");
+        let frames: Vec<Frame> = (0..10).map(|i| change(i, &format!("event {i}"))).collect();
+        append(&mut journal, &frames);
+        // A world-readable leftover of an older version's cut-short rewrite.
+        let tmp = path.with_extension("compacting");
+        std::fs::write(&tmp, b"stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        journal.rewrite(frames[5..].iter()).unwrap();
+        assert_eq!(mode(&path), 0o600, "the rewritten journal");
+        drop(journal);
+        let (_journal, recovered) = Journal::open(&path).unwrap();
+        assert_eq!(recovered.frames.len(), 5);
     }
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use connector_core::config::Config;
@@ -65,6 +67,52 @@ pub fn runtime_binary() -> std::process::Command {
         command.env_remove(var);
     }
     command
+}
+
+/// `cargo build --message-format=json-render-diagnostics` in the workspace,
+/// for tests that need an artifact `cargo test` does not build.
+pub fn cargo_build() -> std::process::Command {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--message-format=json-render-diagnostics"]);
+    // A test inherits the variables cargo sets for its crate, and ring's build
+    // script reruns when CARGO_PKG_NAME or CARGO_MANIFEST_DIR change: with
+    // them, this build and every ordinary one would rebuild ring and all
+    // that sits on it, by turns.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"];
+        if per_crate.iter().any(|prefix| name.starts_with(prefix))
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            command.env_remove(&*name);
+        }
+    }
+    command
+}
+
+/// The `platform-sim` binary, built on first use: for these tests cargo
+/// builds the simulator's library only, and cargo reports the file it wrote.
+pub fn platform_sim_binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let output = cargo_build()
+            .args(["-p", "platform-sim", "--bin", "platform-sim"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(output.status.success(), "building the platform-sim binary failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "platform-sim")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the platform-sim executable")
+    })
 }
 
 pub const ECHO_DEVICES: &str = "  - { id: lamp-1, type: lamp, name: Lamp, plugin: echo }\n  - { id: plug-2, type: plug, name: Plug, plugin: echo }\n";

@@ -5,7 +5,13 @@
 
 mod client;
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use platform_sim::{SimConfig, Simulator, TlsConfig};
@@ -31,12 +37,13 @@ One port serves everything:
     POST /control/fault/raw        {\"text\":\"..\"} | {\"hex\":\"00ff\"} | {\"huge\":1000000}
 See platform-sim/README.md for the answers.
 
-Example:
-  platform-sim serve --listen 127.0.0.1:8093 --user u --password p
-  CONNECTOR_LOOKUP_URL=http://127.0.0.1:8093/lookup <your connector>
+Example (serve accepts the credentials of config/*.yaml unless told otherwise):
+  platform-sim serve
+  connector-runtime --config config/demo.yaml
   platform-sim devices
   platform-sim command --device lamp-1 --endpoint on --body '{}' --wait-ms 5000
   platform-sim events --follow
+  platform-sim fault drop --reset --url http://127.0.0.1:8093
 
 TLS: `serve --tls-cert cert.pem --tls-key key.pem` serves https:// and wss://
 on the same port (the lookup answers wss://HOST:PORT/ws); give the connector
@@ -76,11 +83,13 @@ struct ServeArgs {
     /// Address to listen on; port 0 lets the OS pick one.
     #[arg(long, default_value = "127.0.0.1:8093")]
     listen: SocketAddr,
-    /// Platform user a connector must present.
-    #[arg(long, default_value = "")]
+    /// Platform user a connector must present; the default is the user of
+    /// the example configs in config/.
+    #[arg(long, default_value = DEMO_USER)]
     user: String,
-    /// Platform password a connector must present (never logged).
-    #[arg(long, default_value = "", hide_default_value = true)]
+    /// Platform password a connector must present (never logged); the
+    /// default is the password of the example configs in config/.
+    #[arg(long, default_value = DEMO_PASSWORD, hide_default_value = true)]
     password: String,
     /// HTTP path for device (un)registration.
     #[arg(long, default_value = platform_sim::config::DEFAULT_REGISTRATION_PATH)]
@@ -108,11 +117,18 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// The credentials of the example configs (`config/*.yaml`), so that a
+/// simulator started by hand accepts them as they are.
+const DEMO_USER: &str = "demo";
+const DEMO_PASSWORD: &str = "demo-password";
+
 /// Which running simulator to talk to.
 #[derive(Debug, Args)]
 struct Target {
     /// Base URL of the running simulator.
-    #[arg(long, default_value = "http://127.0.0.1:8093")]
+    // Global: `fault drop --reset --url U` is where people put it, and
+    // `fault --url U drop --reset` keeps working.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8093")]
     url: String,
 }
 
@@ -252,6 +268,9 @@ fn serve(args: ServeArgs) -> CliResult {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; redirected logs stay
+        // plain, as connector-runtime's do.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key).map_err(|e| e.to_string())?),
@@ -269,6 +288,7 @@ fn serve(args: ServeArgs) -> CliResult {
         tls,
         ..SimConfig::default()
     };
+    let user = config.user.clone();
     actix_rt::System::new().block_on(async move {
         let sim = Simulator::start(config).await.map_err(|e| e.to_string())?;
         let mut out = std::io::stdout().lock();
@@ -279,6 +299,7 @@ fn serve(args: ServeArgs) -> CliResult {
             socket = %sim.socket_url(),
             control = %sim.control_url(),
             registration = %sim.registration_url(),
+            %user,
             "serving"
         );
         // Runs until the process is killed (Ctrl-C): the simulator holds no
