@@ -6,13 +6,14 @@
 //! - [`exec`]: device logic in any language: programs run per command, and
 //!   a long-running program's lines as events.
 //! - [`generator`]: emits events on a timer from a body template; for demos
-//!   and load tests. [`generator::template`] is the template language.
+//!   and load tests. [`generator::template`] names its placeholders.
 //! - [`sysmetrics`]: the gateway's own load, memory, CPU, uptime and disk
 //!   usage, as periodic events and on demand. [`sysmetrics::procfs`] parses
 //!   `/proc` (pure functions), [`sysmetrics::disk`] reads disk usage.
 //! - [`ticker`]: the plugins' periodic thread, started in `start` and
 //!   stopped and joined in `stop`.
 //! - [`settings`]: value checks shared by the plugins' settings.
+//! - [`template`]: text with `{placeholders}`, checked once, rendered often.
 
 use connector_core::plugin::PluginRegistry;
 
@@ -21,6 +22,7 @@ pub mod exec;
 pub mod generator;
 pub mod settings;
 pub mod sysmetrics;
+pub mod template;
 pub mod ticker;
 
 /// Every built-in plugin under its config name.

@@ -161,7 +161,7 @@ impl Generator {
             if settings.count.is_some_and(|count| n > count) || stopping() {
                 break;
             }
-            let body = settings.body.render(n, events.device_id(), SystemTime::now());
+            let body = settings.body.render_event(n, events.device_id(), SystemTime::now());
             let mut event = Message::event(events.device_id(), settings.endpoint.as_str(), body);
             if let Some(header) = &settings.header {
                 event.payload_header = header.clone();
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(settings.burst, 1);
         assert_eq!(settings.count, None);
         assert_eq!(settings.endpoint, "value");
-        assert_eq!(settings.body.render(3, "g", SystemTime::now()), r#"{"n": 3}"#);
+        assert_eq!(settings.body.render_event(3, "g", SystemTime::now()), r#"{"n": 3}"#);
         assert_eq!(settings.header, None);
     }
 
@@ -252,7 +252,10 @@ mod tests {
         assert_eq!(settings.burst, 100);
         assert_eq!(settings.count, Some(7));
         assert_eq!(settings.endpoint, "temperature");
-        assert_eq!(settings.body.render(2, "gen-1", SystemTime::now()), "2 from gen-1");
+        assert_eq!(
+            settings.body.render_event(2, "gen-1", SystemTime::now()),
+            "2 from gen-1"
+        );
         assert_eq!(settings.header.as_deref(), Some("'Content-Type': 'text/plain'"));
     }
 
