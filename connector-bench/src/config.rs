@@ -121,7 +121,7 @@ fn read_and_check(path: &Path) -> Result<(connector_core::config::Config, f64, f
         return Err(problem.to_string());
     }
     let t1 = Instant::now();
-    let plugins = connector_plugins::builtin();
+    let plugins = connector_runtime::async_plugin::builtin_plugins();
     for device in &file.config().devices {
         plugins
             .check_settings(&DeviceSpec::from_config(device))

@@ -163,6 +163,24 @@ fn nodelay_tcp_connector() -> impl actix_service::Service<
     )
 }
 
+/// What plugins that open connections of their own trust: the same as the
+/// platform link. The runtime sets it from `platform.ca_file` when it
+/// starts and at each reload; until then it is the bundled roots.
+static FOR_PLUGINS: std::sync::RwLock<Option<TlsSettings>> = std::sync::RwLock::new(None);
+
+/// The trust settings for plugins' own connections (see [`set_for_plugins`]).
+pub fn for_plugins() -> TlsSettings {
+    let shared = FOR_PLUGINS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    shared.clone().unwrap_or_else(TlsSettings::bundled)
+}
+
+/// Makes `settings` what plugins trust from now on: the runtime calls this
+/// with the platform link's own, so a private CA in `platform.ca_file`
+/// covers a device's HTTPS too.
+pub fn set_for_plugins(settings: TlsSettings) {
+    *FOR_PLUGINS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings);
+}
+
 impl fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSettings")

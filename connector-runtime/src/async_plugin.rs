@@ -65,7 +65,8 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use connector_core::plugin::{
-    AsyncDevicePlugin, DevicePlugin, DeviceSpec, EventSink, PluginError, PluginFactory, Reply, Responder,
+    AsyncDevicePlugin, DevicePlugin, DeviceSpec, EventSink, LocalFuture, PluginError, PluginFactory, PluginRegistry,
+    Reply, Responder,
 };
 use connector_core::Message;
 use futures_util::FutureExt;
@@ -125,6 +126,34 @@ where
     AsyncFactory {
         factory: Arc::new(factory),
         plugin: PhantomData,
+    }
+}
+
+/// Every built-in plugin, blocking and async, under its config name: what a
+/// connector knows before a program adds its own or a config loads
+/// libraries.
+pub fn builtin_plugins() -> PluginRegistry {
+    let mut plugins = connector_plugins::builtin();
+    for (name, factory) in connector_plugins::builtin_async() {
+        plugins.register(name, async_factory(move |spec: &DeviceSpec| factory(spec).map(Boxed)));
+    }
+    plugins
+}
+
+/// A boxed async plugin, as the built-in ones come.
+struct Boxed(Box<dyn AsyncDevicePlugin>);
+
+impl AsyncDevicePlugin for Boxed {
+    fn start(&mut self, events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
+        self.0.start(events)
+    }
+
+    fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>> {
+        self.0.command(command)
+    }
+
+    fn stop(&mut self) -> LocalFuture<'_, ()> {
+        self.0.stop()
     }
 }
 

@@ -343,6 +343,7 @@ fn lock<T>(slot: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn link_settings(config: &Config) -> Result<(LinkSettings, RegistrySettings), connector_core::tls::TlsError> {
     let platform = &config.platform;
     let tls = TlsSettings::load(platform.ca_file.as_deref())?;
+    connector_core::tls::set_for_plugins(tls.clone());
     let registry = RegistrySettings {
         registration_path: config.registration_path().to_owned(),
         tls: tls.clone(),
@@ -501,7 +502,7 @@ impl Connector {
     pub fn builder(config: Config) -> ConnectorBuilder {
         ConnectorBuilder {
             config,
-            plugins: connector_plugins::builtin(),
+            plugins: crate::async_plugin::builtin_plugins(),
             device_mailbox: crate::device::MAILBOX_CAPACITY,
         }
     }

@@ -162,7 +162,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
             problems.push(e.to_string());
         }
     }
-    let mut plugins = connector_plugins::builtin();
+    let mut plugins = connector_runtime::async_plugin::builtin_plugins();
     // Opens the libraries now, so --check refuses a missing or bad one; the
     // connector finds them already open later (once per process). A library
     // that does not load is reported; the others still register.

@@ -102,11 +102,6 @@ impl<P: Placeholders> Template<P> {
         }
         out
     }
-
-    /// Whether `placeholder` appears.
-    pub fn uses(&self, placeholder: P) -> bool {
-        self.parts.iter().any(|part| *part == Part::Value(placeholder))
-    }
 }
 
 /// A placeholder candidate: letters, digits and `_`, not empty.

@@ -40,10 +40,18 @@ fn every_example_config_loads_and_each_device_fits_its_plugin() {
             "config/{expected} is missing: {paths:?}"
         );
     }
+    let async_plugins = connector_plugins::builtin_async();
     for path in &paths {
         let config = Config::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         config.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for device in &config.devices {
+            if let Some((_, create)) = async_plugins.iter().find(|(name, _)| *name == device.plugin) {
+                // An async plugin's factory reads the settings as the sync ones do.
+                if let Err(e) = create(&DeviceSpec::from_config(device)) {
+                    panic!("{}: {e}", path.display());
+                }
+                continue;
+            }
             if !plugins.contains(&device.plugin) {
                 // A config may load plugin libraries (`plugins:`); their
                 // devices are checked by the runtime's tests, which load them.
@@ -67,7 +75,8 @@ fn every_example_config_loads_and_each_device_fits_its_plugin() {
 
 #[test]
 fn every_builtin_plugin_has_an_example_config_that_runs_against_the_simulator() {
-    for name in connector_plugins::builtin().names() {
+    let async_names = connector_plugins::builtin_async().into_iter().map(|(name, _)| name);
+    for name in connector_plugins::builtin().names().chain(async_names) {
         let path = config_dir().join(format!("{name}.yaml"));
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let config = Config::from_yaml_str(&text, &path.display().to_string()).unwrap();
