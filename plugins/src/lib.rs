@@ -7,6 +7,8 @@
 //!   a long-running program's lines as events.
 //! - [`http`]: a device behind a REST API: polls as events, commands as
 //!   requests. An async plugin, see [`builtin_async`].
+//! - [`mqtt`]: a device or a bridge (zigbee2mqtt, Tasmota) on an MQTT
+//!   broker: subscriptions as events, commands as publications. Async too.
 //! - [`generator`]: emits events on a timer from a body template; for demos
 //!   and load tests. [`generator::template`] names its placeholders.
 //! - [`sysmetrics`]: the gateway's own load, memory, CPU, uptime and disk
@@ -23,6 +25,7 @@ pub mod echo;
 pub mod exec;
 pub mod generator;
 pub mod http;
+pub mod mqtt;
 pub mod settings;
 pub mod sysmetrics;
 pub mod template;
@@ -35,7 +38,10 @@ pub type AsyncFactory = fn(&DeviceSpec) -> Result<Box<dyn AsyncDevicePlugin>, Pl
 /// Every built-in async plugin under its config name. The runtime's
 /// `builtin_plugins()` adds them to [`builtin`]'s.
 pub fn builtin_async() -> Vec<(&'static str, AsyncFactory)> {
-    vec![(http::NAME, |spec| Ok(Box::new(http::create(spec)?)))]
+    vec![
+        (http::NAME, |spec| Ok(Box::new(http::create(spec)?))),
+        (mqtt::NAME, |spec| Ok(Box::new(mqtt::create(spec)?))),
+    ]
 }
 
 /// Every built-in blocking plugin under its config name; the runtime's
@@ -57,6 +63,6 @@ mod tests {
         let names: Vec<&str> = plugins.names().collect();
         assert_eq!(names, ["echo", "exec", "generator", "sysmetrics"]);
         let names: Vec<&str> = super::builtin_async().iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["http"]);
+        assert_eq!(names, ["http", "mqtt"]);
     }
 }

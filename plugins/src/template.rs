@@ -136,3 +136,47 @@ impl<'de, P: Placeholders> serde::Deserialize<'de> for Template<P> {
         deserializer.deserialize_str(TextVisitor(PhantomData))
     }
 }
+
+/// The placeholders of a template filled from a platform command (the
+/// `http` plugin's requests, the `mqtt` plugin's publications).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandField {
+    /// `{body}`: the command's body.
+    Body,
+    /// `{header}`: its payload header.
+    Header,
+    /// `{endpoint}`: the endpoint it was sent to.
+    Endpoint,
+    /// `{device}`: the device id.
+    Device,
+    /// `{task}`: its task id, which the reply carries back.
+    Task,
+}
+
+impl Placeholders for CommandField {
+    const NAMES: &'static [&'static str] = &["body", "header", "endpoint", "device", "task"];
+
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "body" => CommandField::Body,
+            "header" => CommandField::Header,
+            "endpoint" => CommandField::Endpoint,
+            "device" => CommandField::Device,
+            "task" => CommandField::Task,
+            _ => return None,
+        })
+    }
+}
+
+impl CommandField {
+    /// The command's value for this placeholder.
+    pub fn of<'a>(self, command: &'a connector_core::Message, device: &'a str) -> &'a str {
+        match self {
+            CommandField::Body => &command.payload,
+            CommandField::Header => &command.payload_header,
+            CommandField::Endpoint => &command.endpoint,
+            CommandField::Device => device,
+            CommandField::Task => &command.task_id,
+        }
+    }
+}

@@ -48,7 +48,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::settings::above_zero;
-use crate::template::{Placeholders, Template};
+use crate::template::{CommandField as Field, Template};
 
 pub const NAME: &str = "http";
 
@@ -147,31 +147,6 @@ pub struct CommandRequest {
     pub headers: BTreeMap<String, Template<Field>>,
     #[serde(default)]
     pub pointer: Option<String>,
-}
-
-/// What a command template's placeholder stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Field {
-    Body,
-    Header,
-    Endpoint,
-    Device,
-    Task,
-}
-
-impl Placeholders for Field {
-    const NAMES: &'static [&'static str] = &["body", "header", "endpoint", "device", "task"];
-
-    fn named(name: &str) -> Option<Self> {
-        Some(match name {
-            "body" => Field::Body,
-            "header" => Field::Header,
-            "endpoint" => Field::Endpoint,
-            "device" => Field::Device,
-            "task" => Field::Task,
-            _ => return None,
-        })
-    }
 }
 
 /// An `http` device.
@@ -346,15 +321,7 @@ impl AsyncDevicePlugin for HttpDevice {
                     known.join(", ")
                 )));
             };
-            let value = |field: Field| -> Cow<'_, str> {
-                Cow::Borrowed(match field {
-                    Field::Body => &command.payload,
-                    Field::Header => &command.payload_header,
-                    Field::Endpoint => &command.endpoint,
-                    Field::Device => &self.device_id,
-                    Field::Task => &command.task_id,
-                })
-            };
+            let value = |field: Field| Cow::Borrowed(field.of(command, &self.device_id));
             let url = request.url.render(|field| Cow::Owned(percent_encode(&value(field))));
             let url = join(self.settings.base_url.as_deref(), &url);
             let body = request.body.as_ref().map(|body| body.render(value));
