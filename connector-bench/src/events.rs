@@ -100,7 +100,8 @@ fn through_runtime(devices: usize, timing: &Timing) -> (f64, u64) {
     result
 }
 
-fn through_raw(devices: usize, timing: &Timing) -> f64 {
+/// Events per second the raw WebSocket client gets to the simulator.
+pub fn through_raw(devices: usize, timing: &Timing) -> f64 {
     let sim = harness::simulator(false);
     let client = RawClient::connect(sim.local_addr()).expect("raw client connects");
     harness::wait_blocking(&sim, Duration::from_millis(1), |c| c.sessions_authenticated >= 1)

@@ -7,13 +7,14 @@
 //! - `harness`: the simulator on its own thread, configs, counters, memory.
 //! - `pump`: the `blast` plugin and the threads that emit its events.
 //! - `raw`: the raw baseline client.
-//! - `events`, `commands`, `scale`, `outage`, `slow`, `config`: one scenario each.
+//! - `events`, `commands`, `scale`, `outage`, `slow`, `config`, `mqtt`: one scenario each.
 //! - `report`: tables, JSON and the targets.
 
 mod commands;
 mod config;
 mod events;
 mod harness;
+mod mqtt;
 mod outage;
 mod pump;
 mod raw;
@@ -78,6 +79,8 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         devices: Vec<usize>,
     },
+    /// Events from a local mosquitto through the mqtt plugin, beside publishing straight to the simulator.
+    Mqtt,
     /// Every scenario with its default counts.
     All,
     /// (internal) the runtime side of `scale`, in a process of its own.
@@ -113,6 +116,8 @@ fn main() -> ExitCode {
         slow: None,
         config: Vec::new(),
         config_failures: Vec::new(),
+        mqtt: None,
+        mqtt_failure: None,
         targets: Vec::new(),
     };
     let default_events = if smoke { vec![1, 10] } else { vec![1, 100, 10_000] };
@@ -127,6 +132,7 @@ fn main() -> ExitCode {
     } else {
         vec![1_000, 10_000, 100_000]
     };
+    let mqtt = matches!(cli.scenario, Scenario::Mqtt | Scenario::All);
     let config = match &cli.scenario {
         Scenario::Config { devices } => or(devices.clone(), &default_config),
         Scenario::All => default_config,
@@ -141,7 +147,7 @@ fn main() -> ExitCode {
             config::child(devices, lookup);
             return ExitCode::SUCCESS;
         }
-        Scenario::Config { .. } => (vec![], false, vec![], false, 1, None),
+        Scenario::Config { .. } | Scenario::Mqtt => (vec![], false, vec![], false, 1, None),
         Scenario::Events { devices, pump_threads } => {
             (or(devices, &default_events), false, vec![], false, pump_threads, None)
         }
@@ -185,6 +191,13 @@ fn main() -> ExitCode {
         match config::run(n) {
             Ok(result) => report.config.push(result),
             Err(why) => report.config_failures.push(format!("{n} devices: {why}")),
+        }
+    }
+    if mqtt {
+        eprintln!("mqtt ...");
+        match mqtt::run(&events::Timing::scaled(smoke)) {
+            Ok(result) => report.mqtt = Some(result),
+            Err(why) => report.mqtt_failure = Some(why),
         }
     }
     report.evaluate();

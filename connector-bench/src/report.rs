@@ -7,6 +7,7 @@ use crate::commands::CommandsResult;
 use crate::config::ConfigResult;
 use crate::events::EventsResult;
 use crate::harness::Machine;
+use crate::mqtt::MqttResult;
 use crate::outage::OutageResult;
 use crate::scale::ScaleResult;
 use crate::slow::SlowResult;
@@ -26,6 +27,9 @@ pub struct Report {
     pub config: Vec<ConfigResult>,
     /// Config runs that did not finish, with why.
     pub config_failures: Vec<String>,
+    pub mqtt: Option<MqttResult>,
+    /// Why the mqtt scenario did not run (no mosquitto, ...).
+    pub mqtt_failure: Option<String>,
     pub targets: Vec<Target>,
 }
 
@@ -282,6 +286,28 @@ impl Report {
             for f in &self.config_failures {
                 println!("| failed: {f} |");
             }
+        }
+        if let Some(m) = &self.mqtt {
+            println!(
+                "\nmqtt (QoS 0 readings from a local mosquitto to the platform, one device subscribed to bench/#)"
+            );
+            println!("| path | messages/s | runtime's ratio to it |");
+            println!("|---|---:|---:|");
+            println!(
+                "| broker -> mqtt plugin -> runtime -> platform | {:.0} | 1.00 |",
+                m.runtime_per_s
+            );
+            println!(
+                "| raw WebSocket client -> platform | {:.0} | {:.2} |",
+                m.raw_per_s, m.ratio_to_raw
+            );
+            println!(
+                "| broker -> plain MQTT subscriber | {:.0} | {:.2} |",
+                m.broker_per_s, m.ratio_to_broker
+            );
+        }
+        if let Some(why) = &self.mqtt_failure {
+            println!("\nmqtt: not run: {why}");
         }
         if !self.targets.is_empty() {
             println!("\ntargets");

@@ -100,6 +100,13 @@ fn all_smoke_runs_every_scenario_and_writes_positive_figures() {
             "{kind}"
         );
     }
+    if platform_sim::mosquitto::Mosquitto::binary().is_some() {
+        for key in ["runtime_per_s", "raw_per_s", "broker_per_s", "ratio_to_raw"] {
+            positive(&report, &format!("/mqtt/{key}"));
+        }
+    } else {
+        eprintln!("mqtt scenario not checked: mosquitto is not installed");
+    }
     let scale = report["scale"].as_array().expect("scale");
     assert!(!scale.is_empty());
     for i in 0..scale.len() {

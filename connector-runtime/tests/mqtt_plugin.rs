@@ -6,124 +6,51 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use platform_sim::mosquitto::Mosquitto;
 use platform_sim::{Command, EventKind, SimHandle};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use util::*;
 
-/// A mosquitto of the test's own on a loopback port.
-struct Mosquitto {
-    binary: PathBuf,
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// `None` (the test is skipped) when mosquitto is not installed, except
-    /// in CI, where that is a failure.
-    fn start(name: &str) -> Option<Mosquitto> {
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|path| path.exists())?;
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("mqtt-plugin-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = Mosquitto {
-            binary,
-            port,
-            dir,
-            child: None,
-        };
-        broker.up();
-        Some(broker)
+/// A client of the test's own on `broker`, its incoming messages on a channel.
+fn client(broker: &Mosquitto, id: &str, subscribe: &[&str]) -> (Client, mpsc::Receiver<(String, String, QoS)>) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 64);
+    for filter in subscribe {
+        client.subscribe(*filter, QoS::AtLeastOnce).unwrap();
     }
-
-    fn up(&mut self) {
-        let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(self.dir.join("mosquitto.log")).unwrap();
-        let child = Process::new(&self.binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + DEADLINE;
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A client of the test's own, its incoming messages on a channel.
-    fn client(&self, id: &str, subscribe: &[&str]) -> (Client, mpsc::Receiver<(String, String, QoS)>) {
-        let mut options = MqttOptions::new(id, "127.0.0.1", self.port);
-        options.set_keep_alive(Duration::from_secs(5));
-        let (client, mut connection) = Client::new(options, 64);
-        for filter in subscribe {
-            client.subscribe(*filter, QoS::AtLeastOnce).unwrap();
-        }
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                match event {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                        if tx.send((p.topic.clone(), payload, p.qos)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
                 }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload, p.qos)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
-        });
-        for _ in subscribe {
-            ready.recv_timeout(DEADLINE).expect("the test client is subscribed");
         }
-        (client, rx)
+    });
+    for _ in subscribe {
+        ready.recv_timeout(DEADLINE).expect("the test client is subscribed");
     }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    (client, rx)
 }
 
 macro_rules! broker_or_skip {
     ($name:expr) => {
         match Mosquitto::start($name) {
-            Some(broker) => broker,
+            Some(broker) => broker.expect("mosquitto starts"),
             None if std::env::var_os("CI").is_some() => {
                 panic!("the MQTT tests need mosquitto (apt-get install mosquitto); .ci/run installs it")
             }
@@ -165,7 +92,7 @@ async fn next(rx: &mpsc::Receiver<(String, String, QoS)>) -> (String, String, Qo
 }
 
 fn broker_yaml(broker: &Mosquitto) -> String {
-    format!("{{host: 127.0.0.1, port: {}, keep_alive_s: 5}}", broker.port)
+    format!("{{host: 127.0.0.1, port: {}, keep_alive_s: 5}}", broker.port())
 }
 
 #[actix_rt::test]
@@ -187,7 +114,7 @@ async fn subscriptions_become_events_and_commands_are_published() {
         broker_yaml(&broker)
     );
     let connector = connected(&sim, config_for(&sim, &devices)).await;
-    let (device, published) = broker.client("the-devices", &["zigbee2mqtt/+/set", "config/#"]);
+    let (device, published) = client(&broker, "the-devices", &["zigbee2mqtt/+/set", "config/#"]);
 
     // The device side publishes until the connector's subscriptions are in.
     eventually("a zigbee2mqtt message as an event", || async {
@@ -232,7 +159,7 @@ async fn subscriptions_become_events_and_commands_are_published() {
     let (topic, payload, _) = next(&published).await;
     assert_eq!((topic.as_str(), payload.as_str()), ("config/bridge", "v1"));
     // Retained: a client that subscribes later still gets it.
-    let (_late, late) = broker.client("late-reader", &["config/#"]);
+    let (_late, late) = client(&broker, "late-reader", &["config/#"]);
     assert_eq!(next(&late).await.1, "v1");
 
     let unknown = answer(&sim, "bridge", "dance", "").await;
@@ -264,7 +191,7 @@ async fn a_command_waits_for_its_correlated_response() {
     );
     let connector = connected(&sim, config_for(&sim, &devices)).await;
     // The device: answers each request, after a reply to somebody else.
-    let (responder, requests) = broker.client("the-thermostat", &["dev/req"]);
+    let (responder, requests) = client(&broker, "the-thermostat", &["dev/req"]);
     std::thread::spawn(move || {
         while let Ok((_, payload, _)) = requests.recv() {
             let request: serde_json::Value = serde_json::from_str(&payload).unwrap();
@@ -312,14 +239,14 @@ async fn a_broker_restart_restores_the_subscriptions_and_publishes_nothing_twice
         broker_yaml(&broker)
     );
     let connector = connected(&sim, config_for(&sim, &devices)).await;
-    let (device, _) = broker.client("sensor-device-1", &[]);
+    let (device, _) = client(&broker, "sensor-device-1", &[]);
     eventually("a reading before the restart", || async {
         device.publish("sensors/t", QoS::AtLeastOnce, false, "1").unwrap();
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         (!events(&sim, "sensor").await.is_empty()).then_some(())
     })
     .await;
-    let (_watcher, published) = broker.client("watcher-1", &["act/set"]);
+    let (_watcher, published) = client(&broker, "watcher-1", &["act/set"]);
     assert_eq!(answer(&sim, "sensor", "set", "before").await, "");
     assert_eq!(next(&published).await.1, "before");
 
@@ -330,11 +257,11 @@ async fn a_broker_restart_restores_the_subscriptions_and_publishes_nothing_twice
     })
     .await;
     assert!(refused.contains("nothing was published"), "{refused}");
-    broker.up();
+    broker.up().expect("mosquitto starts again");
 
     // Subscribed again on its own: a reading after the restart arrives.
-    let (_watcher, published) = broker.client("watcher-2", &["act/set"]);
-    let (device, _) = broker.client("sensor-device-2", &[]);
+    let (_watcher, published) = client(&broker, "watcher-2", &["act/set"]);
+    let (device, _) = client(&broker, "sensor-device-2", &[]);
     let before = events(&sim, "sensor").await.len();
     eventually("a reading after the restart", || async {
         device.publish("sensors/t", QoS::AtLeastOnce, false, "2").unwrap();
@@ -370,12 +297,12 @@ async fn devices_on_one_broker_share_one_connection_and_a_broker_down_at_the_sta
     let connector = connected(&sim, config_for(&sim, &devices)).await;
     let refused = answer(&sim, "a", "set", "x").await;
     assert!(refused.contains("is not connected"), "{refused}");
-    broker.up();
+    broker.up().expect("mosquitto starts again");
 
     // mosquitto counts its clients every second under $SYS: the test's own
     // and one connection for both devices.
-    let (_counter, counts) = broker.client("counter", &["$SYS/broker/clients/connected"]);
-    let (device_side, _) = broker.client("device-side", &[]);
+    let (_counter, counts) = client(&broker, "counter", &["$SYS/broker/clients/connected"]);
+    let (device_side, _) = client(&broker, "device-side", &[]);
     eventually("both devices' readings", || async {
         device_side.publish("in/a", QoS::AtLeastOnce, false, "1").unwrap();
         device_side.publish("in/b", QoS::AtLeastOnce, false, "2").unwrap();

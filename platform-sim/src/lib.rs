@@ -32,6 +32,8 @@
 //! - [`server`]: [`Simulator`] (start), [`SimHandle`] (steer, stop) and the
 //!   supervisor that closes and reopens the listener.
 //! - [`tls`]: [`TlsConfig`], the optional `https://` / `wss://` mode.
+//! - [`mosquitto`]: a real MQTT broker on loopback, for the `mqtt` plugin's
+//!   tests and benchmark.
 //!
 //! The `platform-sim` binary (`src/bin/platform-sim/`) serves a simulator
 //! and talks to a running one's control API.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 mod http;
+pub mod mosquitto;
 mod reset;
 pub mod server;
 mod session;
