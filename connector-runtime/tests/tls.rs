@@ -14,8 +14,17 @@ use connector_runtime::{Connector, Lifecycle, StartError};
 use platform_sim::{Command, SimConfig};
 use util::*;
 
+/// What plugins trust (`tls::for_plugins`) is one setting per process, set
+/// by each connector's start: the tests here start connectors with CAs of
+/// their own, so they take turns.
+fn one_trust_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[actix_rt::test]
 async fn lookup_registration_and_session_run_over_tls_trusting_the_ca_file() {
+    let _turn = one_trust_at_a_time();
     init_logging();
     let pki = TestPki::new();
     let sim = pki
@@ -84,6 +93,7 @@ async fn lookup_registration_and_session_run_over_tls_trusting_the_ca_file() {
 
 #[actix_rt::test]
 async fn the_https_switch_upgrades_an_http_lookup_url() {
+    let _turn = one_trust_at_a_time();
     init_logging();
     let pki = TestPki::new();
     let sim = pki.simulator(SimConfig::default()).await;
@@ -111,6 +121,7 @@ async fn the_https_switch_upgrades_an_http_lookup_url() {
 
 #[actix_rt::test]
 async fn without_the_ca_the_certificate_is_refused_and_retried_with_back_off() {
+    let _turn = one_trust_at_a_time();
     init_logging();
     let pki = TestPki::new();
     let sim = pki.simulator(SimConfig::default()).await;
@@ -171,4 +182,34 @@ async fn a_missing_or_broken_ca_file_stops_the_start_naming_the_file() {
         assert!(message.contains(&ca_file.display().to_string()), "{message}");
         assert!(message.contains(expected), "{message}");
     }
+}
+
+/// An `http` device served over https with a certificate of the private
+/// CA that only `platform.ca_file` names: the plugin trusts what the link
+/// trusts. The device here is the simulator's own https lookup route.
+#[actix_rt::test]
+async fn the_http_plugin_trusts_the_platforms_ca_file() {
+    let _turn = one_trust_at_a_time();
+    init_logging();
+    let pki = TestPki::new();
+    let sim = pki.simulator(SimConfig::default()).await;
+    let dir = temp_dir("http-plugin");
+    let ca = pki.write_ca(&dir, "platform-ca.pem");
+    let devices = format!(
+        "{ECHO_DEVICES}  - id: https-device\n    plugin: http\n    settings:\n      poll: [{{endpoint: lookup, url: '{}', interval_ms: 50}}]\n",
+        sim.lookup_url()
+    );
+    let yaml = format!(
+        "platform:\n  lookup_url: {}\n  ca_file: {}\n  backoff: {{ initial_ms: 20, max_ms: 200 }}\ndevices:\n{devices}",
+        sim.lookup_url(),
+        ca.display()
+    );
+    let config = Config::from_yaml_str(&yaml, "tls.yaml").expect("the config is valid");
+    let connector = Connector::start(config).await.expect("the connector starts");
+    let body = eventually("an event polled over https", || async {
+        event_bodies(&sim, "https-device").await.into_iter().next()
+    })
+    .await;
+    assert!(body.contains("127.0.0.1"), "the lookup answer names the socket: {body}");
+    connector.shutdown(Duration::from_secs(2)).await;
 }
