@@ -84,8 +84,8 @@ impl FromStr for LogLevel {
 }
 
 // A visitor rather than `String::deserialize` + parse: an error raised inside
-// the visitor is tagged by serde_yaml with the value's line, column and key,
-// one raised afterwards only with the enclosing mapping's.
+// the visitor is placed at the value's line, column and key, one raised
+// afterwards only at the enclosing mapping's.
 impl<'de> Deserialize<'de> for LogLevel {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct LevelVisitor;
@@ -162,8 +162,8 @@ impl FromStr for LogFormat {
     }
 }
 
-// A visitor for the same reason as `LogLevel`'s: serde_yaml then names the
-// value's line, column and key in the error.
+// A visitor for the same reason as `LogLevel`'s: the error then names the
+// value's line, column and key.
 impl<'de> Deserialize<'de> for LogFormat {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FormatVisitor;

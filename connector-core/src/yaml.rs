@@ -1,14 +1,16 @@
-//! The only module that reads YAML, so swapping a YAML library touches one
-//! file. Config text is parsed once (saphyr-parser) into a tree whose nodes
-//! keep their line and column; serde_yaml deserialises the config model from
-//! that tree's values, one entry at a time, so that every problem of a file
-//! is found in one run and each is reported where it stands.
+//! The only module that reads YAML, so swapping the YAML library touches
+//! one file. Config text is parsed once (saphyr-parser) into a tree whose
+//! nodes keep their line and column, and the config model is deserialised
+//! straight from that tree, one entry at a time, so that every problem of a
+//! file is found in one run and each is reported where it stands. A text
+//! field gets a scalar's own text (`id: 1001`, `password: 123456`); only
+//! where any type will do are plain scalars read as null, booleans and
+//! numbers (YAML 1.2 core schema).
 
 use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
-use serde_yaml::Value;
+use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
 
 use crate::problem::Seg;
 
@@ -28,7 +30,7 @@ impl Pos {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Pos {
             line: clamp(span.start.line()),
-            // saphyr counts columns from 0; editors and serde_yaml from 1.
+            // saphyr counts columns from 0; editors from 1.
             column: clamp(span.start.col().saturating_add(1)),
         }
     }
@@ -264,22 +266,6 @@ impl Node {
         }
     }
 
-    /// The value serde_yaml deserialises from, resolved by the YAML 1.2
-    /// core schema as serde_yaml would.
-    pub(crate) fn to_value(&self) -> Value {
-        match &self.kind {
-            Kind::Scalar { text, plain: true } => resolve(text),
-            Kind::Scalar { text, plain: false } => Value::String(text.to_string()),
-            Kind::Seq(items) => Value::Sequence(items.iter().map(|item| item.node.to_value()).collect()),
-            Kind::Map(entries) => Value::Mapping(
-                entries
-                    .iter()
-                    .map(|e| (Value::String(e.key.to_string()), e.value.to_value()))
-                    .collect(),
-            ),
-        }
-    }
-
     /// Every scalar's text in this value, keys included, for redaction.
     pub(crate) fn texts(&self, out: &mut Vec<String>) {
         match &self.kind {
@@ -341,7 +327,7 @@ pub(crate) fn read<T: DeserializeOwned>(node: &Node, path: &[Seg], findings: &mu
     let mut pruned: Option<Node> = None;
     loop {
         let current = pruned.as_ref().unwrap_or(node);
-        let err = match serde_path_to_error::deserialize::<_, T>(current.to_value()) {
+        let err = match serde_path_to_error::deserialize::<_, T>(current) {
             Ok(value) => return Some(value),
             Err(err) => err,
         };
@@ -437,17 +423,28 @@ fn unknown_field(message: &str) -> Option<&str> {
     message.strip_prefix("unknown field `")?.split('`').next()
 }
 
-/// A plain scalar's value by the YAML 1.2 core schema: null, booleans,
+/// A plain scalar's value by the YAML 1.2 core schema.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Plain {
+    Null,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Text,
+}
+
+/// What a plain scalar is by the YAML 1.2 core schema: null, booleans,
 /// integers (decimal, `0x`, `0o`), floats (`.inf`, `.nan` included), and
-/// otherwise the text.
-fn resolve(text: &str) -> Value {
+/// otherwise text.
+fn resolve(text: &str) -> Plain {
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return float(f64::INFINITY),
-        "-.inf" | "-.Inf" | "-.INF" => return float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return float(f64::NAN),
+        "" | "~" | "null" | "Null" | "NULL" => return Plain::Null,
+        "true" | "True" | "TRUE" => return Plain::Bool(true),
+        "false" | "False" | "FALSE" => return Plain::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Plain::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Plain::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Plain::Float(f64::NAN),
         _ => {}
     }
     if let Some(value) = integer(text) {
@@ -455,17 +452,13 @@ fn resolve(text: &str) -> Value {
     }
     if is_float(text) {
         if let Ok(value) = text.parse::<f64>() {
-            return float(value);
+            return Plain::Float(value);
         }
     }
-    Value::String(text.to_owned())
+    Plain::Text
 }
 
-fn float(value: f64) -> Value {
-    Value::Number(serde_yaml::Number::from(value))
-}
-
-fn integer(text: &str) -> Option<Value> {
+fn integer(text: &str) -> Option<Plain> {
     let (negative, unsigned) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -483,10 +476,9 @@ fn integer(text: &str) -> Option<Value> {
     }
     let magnitude = u64::from_str_radix(digits, radix).ok()?;
     if !negative {
-        return Some(Value::Number(magnitude.into()));
+        return Some(Plain::Unsigned(magnitude));
     }
-    let value = 0i64.checked_sub_unsigned(magnitude)?;
-    Some(Value::Number(value.into()))
+    Some(Plain::Signed(0i64.checked_sub_unsigned(magnitude)?))
 }
 
 /// `[-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
@@ -507,6 +499,157 @@ fn is_float(text: &str) -> bool {
         !e.is_empty() && digits(e)
     });
     mantissa_ok && exponent_ok && !mantissa.is_empty()
+}
+
+/// Why a value does not fit; the position is added by [`read`] from the
+/// path serde reports.
+#[derive(Debug)]
+pub(crate) struct DeError(String);
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        DeError(message.to_string())
+    }
+}
+
+impl<'de> Deserializer<'de> for &'de Node {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.kind {
+            Kind::Scalar { text, plain: true } => match resolve(text) {
+                Plain::Null => visitor.visit_unit(),
+                Plain::Bool(value) => visitor.visit_bool(value),
+                Plain::Unsigned(value) => visitor.visit_u64(value),
+                Plain::Signed(value) => visitor.visit_i64(value),
+                Plain::Float(value) => visitor.visit_f64(value),
+                Plain::Text => visitor.visit_borrowed_str(text),
+            },
+            Kind::Scalar { text, plain: false } => visitor.visit_borrowed_str(text),
+            Kind::Seq(items) => visitor.visit_seq(Items(items.iter())),
+            Kind::Map(entries) => visitor.visit_map(Entries {
+                entries: entries.iter(),
+                value: None,
+            }),
+        }
+    }
+
+    /// Text wanted: any scalar but null is its own text.
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.kind {
+            Kind::Scalar { text, plain } if !*plain || resolve(text) != Plain::Null => visitor.visit_borrowed_str(text),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.kind {
+            Kind::Scalar { text, plain: true } if resolve(text) == Plain::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        match &self.kind {
+            Kind::Scalar { text, .. } => visitor.visit_enum(text.as_ref().into_deserializer()),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_unit()
+    }
+
+    /// Only a mapping (or nothing) is a struct: serde would read a list as
+    /// its fields in order, which no config means.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        match &self.kind {
+            Kind::Map(_) => self.deserialize_any(visitor),
+            Kind::Seq(_) => Err(de::Error::invalid_type(de::Unexpected::Seq, &visitor)),
+            // An empty section (`platform:`, an empty file) is all defaults.
+            Kind::Scalar { text, plain: true } if resolve(text) == Plain::Null => visitor.visit_map(Entries {
+                entries: [].iter(),
+                value: None,
+            }),
+            Kind::Scalar { .. } => self.deserialize_any(visitor),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf unit unit_struct
+        seq tuple tuple_struct map
+    }
+}
+
+struct Items<'a>(std::slice::Iter<'a, Item>);
+
+impl<'de> de::SeqAccess<'de> for Items<'de> {
+    type Error = DeError;
+
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+        self.0.next().map(|item| seed.deserialize(&item.node)).transpose()
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+struct Entries<'a> {
+    entries: std::slice::Iter<'a, Entry>,
+    value: Option<&'a Node>,
+}
+
+impl<'de> de::MapAccess<'de> for Entries<'de> {
+    type Error = DeError;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+        let Some(entry) = self.entries.next() else {
+            return Ok(None);
+        };
+        self.value = Some(&entry.value);
+        let key: &'de str = &entry.key;
+        seed.deserialize(de::value::BorrowedStrDeserializer::new(key)).map(Some)
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let value = self.value.take().expect("a value follows its key");
+        seed.deserialize(value)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.entries.len())
+    }
 }
 
 /// Replaces each secret in `text` with `***`.
@@ -565,6 +708,12 @@ pub(crate) fn settings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ser
 mod tests {
     use super::*;
     use crate::problem::parse_path;
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+
+    fn json_of(node: &Node) -> Value {
+        Value::deserialize(node).unwrap()
+    }
 
     const TEXT: &str = "\
 platform:
@@ -614,50 +763,74 @@ devices:
                 message: "duplicate field `id` (first at line 10)".into(),
             }]
         );
-        assert_eq!(
-            tree.get(&parse_path("devices[2].id")).unwrap().to_value(),
-            Value::from("c")
-        );
+        assert_eq!(json_of(tree.get(&parse_path("devices[2].id")).unwrap()), json!("c"));
     }
 
     #[test]
     fn plain_scalars_resolve_by_the_core_schema_and_quoted_ones_stay_text() {
-        let table: &[(&str, Value)] = &[
-            ("~", Value::Null),
-            ("", Value::Null),
-            ("True", Value::Bool(true)),
-            ("FALSE", Value::Bool(false)),
-            ("42", Value::from(42u64)),
-            ("+42", Value::from(42u64)),
-            ("-42", Value::from(-42i64)),
-            ("0x1F", Value::from(31u64)),
-            ("0o17", Value::from(15u64)),
-            ("1.5", Value::from(1.5f64)),
-            ("-.5e3", Value::from(-500.0f64)),
-            ("6.", Value::from(6.0f64)),
-            (".inf", Value::from(f64::INFINITY)),
-            ("1_000", Value::from("1_000")),
-            ("yes", Value::from("yes")),
-            ("0x", Value::from("0x")),
-            ("-0x5", Value::from("-0x5")),
-            ("1e", Value::from("1e")),
-            (".", Value::from(".")),
-            ("12:30", Value::from("12:30")),
+        let table: &[(&str, Plain)] = &[
+            ("~", Plain::Null),
+            ("", Plain::Null),
+            ("True", Plain::Bool(true)),
+            ("FALSE", Plain::Bool(false)),
+            ("42", Plain::Unsigned(42)),
+            ("+42", Plain::Unsigned(42)),
+            ("-42", Plain::Signed(-42)),
+            ("0x1F", Plain::Unsigned(31)),
+            ("0o17", Plain::Unsigned(15)),
+            ("1.5", Plain::Float(1.5)),
+            ("-.5e3", Plain::Float(-500.0)),
+            ("6.", Plain::Float(6.0)),
+            (".inf", Plain::Float(f64::INFINITY)),
+            ("1_000", Plain::Text),
+            ("yes", Plain::Text),
+            ("0x", Plain::Text),
+            ("-0x5", Plain::Text),
+            ("1e", Plain::Text),
+            (".", Plain::Text),
+            ("12:30", Plain::Text),
         ];
         for (text, want) in table {
             assert_eq!(&resolve(text), want, "{text:?}");
         }
-        let tree = parse("a: '5'\nb: !!str 5\nc: 5\n").unwrap();
+        let tree = parse("a: '5'\nb: !!str 5\nc: 5\nd: ~\ne: [true, 1.5]\n").unwrap();
         assert_eq!(
-            tree.to_value(),
-            serde_yaml::from_str::<Value>("a: '5'\nb: '5'\nc: 5\n").unwrap()
+            json_of(&tree),
+            json!({"a": "5", "b": "5", "c": 5, "d": null, "e": [true, 1.5]})
         );
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(default)]
+    struct Texts {
+        id: String,
+        password: String,
+        name: Option<String>,
+    }
+
+    #[test]
+    fn a_text_field_takes_a_number_or_a_boolean_as_written() {
+        let tree = parse("id: 1001\npassword: 0x1F\nname: true\n").unwrap();
+        let texts: Texts = read(&tree, &[], &mut Vec::new()).unwrap();
+        assert_eq!(
+            texts,
+            Texts {
+                id: "1001".into(),
+                password: "0x1F".into(),
+                name: Some("true".into()),
+            }
+        );
+        let tree = parse("id: ~\nname: null\n").unwrap();
+        let mut findings = Vec::new();
+        let texts: Texts = read(&tree, &[], &mut findings).unwrap();
+        assert_eq!(texts.name, None);
+        assert_eq!(findings.len(), 1, "a null is no text: {findings:?}");
     }
 
     #[test]
     fn aliases_copy_their_anchor_and_stand_where_they_are_written() {
         let tree = parse("a: &x {k: 1}\nb: *x\n").unwrap();
-        assert_eq!(tree.get(&parse_path("b.k")).unwrap().to_value(), Value::from(1u64));
+        assert_eq!(json_of(tree.get(&parse_path("b.k")).unwrap()), json!(1));
         assert_eq!(tree.get(&parse_path("b")).unwrap().at.line, 2);
         let laughs = "a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
                       c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n\
@@ -675,8 +848,8 @@ devices:
         assert!(err.at.is_some());
         let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
         assert_eq!(err.at.map(|at| at.line), Some(2));
-        assert_eq!(parse("").unwrap().to_value(), Value::Null);
-        assert_eq!(parse("# only a comment\n").unwrap().to_value(), Value::Null);
+        assert_eq!(json_of(&parse("").unwrap()), Value::Null);
+        assert_eq!(json_of(&parse("# only a comment\n").unwrap()), Value::Null);
     }
 
     #[derive(Debug, Default, PartialEq, serde::Deserialize)]

@@ -590,3 +590,24 @@ fn a_long_device_list_is_read_whole_with_every_line() {
         ["big.yaml:60002:9: devices[20000].id: duplicate device id `dev-7`, first used by devices[7] at line 23"]
     );
 }
+
+#[test]
+fn numbers_and_booleans_written_bare_are_text_where_the_config_wants_text() {
+    let config = parse(
+        "platform:\n  user: 42\n  password: 123456\ndevices:\n  - {id: 1001, type: true, name: 2024, plugin: echo}\n",
+    )
+    .unwrap();
+    assert_eq!(config.platform.user, "42");
+    assert_eq!(config.platform.password.expose(), "123456");
+    let device = &config.devices[0];
+    assert_eq!(
+        (device.id.as_str(), device.device_type.as_str(), device.name.as_str()),
+        ("1001", "true", "2024")
+    );
+    // And where a number is wanted, text is still refused.
+    let message = parse("platform:\n  ping_interval_ms: '5'\n").unwrap_err().to_string();
+    assert!(
+        message.contains("invalid type: string \"5\", expected u64"),
+        "{message}"
+    );
+}

@@ -17,14 +17,14 @@ use util::*;
 /// What plugins trust (`tls::for_plugins`) is one setting per process, set
 /// by each connector's start: the tests here start connectors with CAs of
 /// their own, so they take turns.
-fn one_trust_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+async fn one_trust_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
 }
 
 #[actix_rt::test]
 async fn lookup_registration_and_session_run_over_tls_trusting_the_ca_file() {
-    let _turn = one_trust_at_a_time();
+    let _turn = one_trust_at_a_time().await;
     init_logging();
     let pki = TestPki::new();
     let sim = pki
@@ -93,7 +93,7 @@ async fn lookup_registration_and_session_run_over_tls_trusting_the_ca_file() {
 
 #[actix_rt::test]
 async fn the_https_switch_upgrades_an_http_lookup_url() {
-    let _turn = one_trust_at_a_time();
+    let _turn = one_trust_at_a_time().await;
     init_logging();
     let pki = TestPki::new();
     let sim = pki.simulator(SimConfig::default()).await;
@@ -121,7 +121,7 @@ async fn the_https_switch_upgrades_an_http_lookup_url() {
 
 #[actix_rt::test]
 async fn without_the_ca_the_certificate_is_refused_and_retried_with_back_off() {
-    let _turn = one_trust_at_a_time();
+    let _turn = one_trust_at_a_time().await;
     init_logging();
     let pki = TestPki::new();
     let sim = pki.simulator(SimConfig::default()).await;
@@ -189,7 +189,7 @@ async fn a_missing_or_broken_ca_file_stops_the_start_naming_the_file() {
 /// trusts. The device here is the simulator's own https lookup route.
 #[actix_rt::test]
 async fn the_http_plugin_trusts_the_platforms_ca_file() {
-    let _turn = one_trust_at_a_time();
+    let _turn = one_trust_at_a_time().await;
     init_logging();
     let pki = TestPki::new();
     let sim = pki.simulator(SimConfig::default()).await;
