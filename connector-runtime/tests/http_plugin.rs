@@ -15,6 +15,13 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use platform_sim::{Command, EventKind};
 use util::*;
 
+/// The device's password, in the variable `password_env` names: set once,
+/// before any connector of this test binary reads the environment.
+fn set_password() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("HTTP_PLUGIN_TEST_PASSWORD", "plug-secret"));
+}
+
 /// What the stand-in device serves, and every request it got.
 #[derive(Default)]
 struct Device {
@@ -116,7 +123,7 @@ async fn bodies(sim: &platform_sim::SimHandle, endpoint: &str) -> Vec<String> {
 
 #[actix_rt::test]
 async fn polls_become_events_and_commands_become_requests() {
-    std::env::set_var("HTTP_PLUGIN_TEST_PASSWORD", "plug-secret");
+    set_password();
     let sim = simulator().await;
     let device = web::Data::new(Device::default());
     *device.power.lock().unwrap() = 12.5;
@@ -171,7 +178,7 @@ async fn polls_become_events_and_commands_become_requests() {
 
 #[actix_rt::test]
 async fn a_device_server_down_at_the_start_is_polled_until_it_comes_back() {
-    std::env::set_var("HTTP_PLUGIN_TEST_PASSWORD", "plug-secret");
+    set_password();
     let sim = simulator().await;
     // A free port, with nothing listening on it yet.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

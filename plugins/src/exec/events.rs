@@ -19,6 +19,12 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// A program that ran this long before it exited starts again after the
 /// shortest delay: it was working, not failing over and over.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// How long `stop` waits for the supervisor after the kill. A program that
+/// left its process group can hold the pipes open; the device's stop does
+/// not wait for that.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// Most characters of a stderr line put in the log.
+const LOG_LINE_CHARS: usize = 500;
 
 /// What the device's supervisor thread and `stop` share.
 #[derive(Default)]
@@ -84,17 +90,26 @@ impl EventsProgram {
 
     /// Kills the program's process group and ends the supervisor.
     pub fn stop(&mut self) {
-        let pid = {
+        {
+            // Under the lock: while `running` names it, the child is not
+            // reaped yet, so its pid is still its own.
             let mut state = lock(&self.shared.state);
             state.stopping = true;
-            state.running.take()
-        };
-        self.shared.wake.notify_all();
-        if let Some(pid) = pid {
-            kill_pid_group(pid);
+            if let Some(pid) = state.running.take() {
+                kill_pid_group(pid);
+            }
         }
+        self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + STOP_WAIT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                warn!("an events program's output is still open {} s after the kill (a child that left its process group?); its reader is left behind", STOP_WAIT.as_secs());
+            }
         }
     }
 }
@@ -133,8 +148,19 @@ fn supervise(mut child: Child, label: &str, sink: &EventSink, shared: &Shared) -
     let stderr = child.stderr.take().map(|stderr| {
         let (device, label) = (device.clone(), label.to_owned());
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                info!(device_id = %device, "events program {label}: {line}");
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match read_line(&mut reader, &mut line) {
+                    Ok(Line::Read) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let shown: String = text.trim_end().chars().take(LOG_LINE_CHARS).collect();
+                        info!(device_id = %device, "events program {label}: {shown}");
+                    }
+                    Ok(Line::TooLong) => {}
+                    Ok(Line::End) | Err(_) => return,
+                }
             }
         })
     });
@@ -154,6 +180,8 @@ fn supervise(mut child: Child, label: &str, sink: &EventSink, shared: &Shared) -
                         Ok(None) => {}
                         Ok(Some(event)) => {
                             if sink.emit(event.endpoint, event.body).is_err() {
+                                // The device is stopping: no new program.
+                                lock(&shared.state).stopping = true;
                                 break;
                             }
                         }

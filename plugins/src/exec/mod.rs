@@ -23,7 +23,8 @@
 //!
 //! The command's body is the program's stdin; `CONNECTOR_DEVICE_ID`,
 //! `CONNECTOR_ENDPOINT`, `CONNECTOR_TASK_ID` and `CONNECTOR_HEADER` (the
-//! payload header) are in its environment. What it prints on stdout is the
+//! payload header) are in its environment, which is the connector's less
+//! `CONNECTOR_PASSWORD`, plus `env`. What it prints on stdout is the
 //! reply (one trailing newline removed). A non-zero exit is an error reply
 //! with the end of its stderr. A program still running when the device's
 //! `command_timeout_ms` passes is killed with its whole process group; the
@@ -198,6 +199,9 @@ pub fn create(spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
 impl Exec {
     fn program(&self, argv: &Argv) -> Command {
         let mut command = Command::new(argv.program());
+        // The connector's own secret is not the device's business; `env:`
+        // can still hand a program what it needs.
+        command.env_remove(connector_core::config::ENV_PASSWORD);
         command.args(argv.args()).envs(&self.settings.env);
         command.env("CONNECTOR_DEVICE_ID", &self.device_id);
         if let Some(dir) = &self.settings.dir {

@@ -66,6 +66,10 @@ pub struct Broker {
     pub label: String,
     connected: Cell<bool>,
     routes: RefCell<Vec<Route>>,
+    /// The filters subscribed on this connection: those of the routes that
+    /// no other route's filter covers, so the broker sends each message
+    /// once, not once per overlapping filter.
+    subscribed: RefCell<Vec<(String, QoS)>>,
     task: RefCell<Option<actix_rt::task::JoinHandle<()>>>,
 }
 
@@ -83,6 +87,7 @@ impl Broker {
             label: format!("{}:{}", settings.host, settings.port),
             connected: Cell::new(false),
             routes: RefCell::new(Vec::new()),
+            subscribed: RefCell::new(Vec::new()),
             task: RefCell::new(None),
         });
         let task = actix_rt::spawn(run(eventloop, Rc::downgrade(&broker)));
@@ -100,10 +105,9 @@ impl Broker {
     }
 
     /// Routes messages matching `filter` to `handler` until [`Broker::remove`]
-    /// with the id returned; subscribes the filter if it is new.
+    /// with the id returned, subscribing what that takes.
     pub fn add(&self, filter: &str, qos: QoS, first: bool, handler: Handler) -> u64 {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let known = self.routes.borrow().iter().any(|r| r.filter == filter && r.qos >= qos);
         self.routes.borrow_mut().push(Route {
             id,
             filter: filter.to_owned(),
@@ -111,34 +115,42 @@ impl Broker {
             first,
             handler,
         });
-        // While disconnected the next connect subscribes everything.
-        if !known && self.is_connected() {
-            if let Err(e) = self.client.try_subscribe(filter, qos) {
-                warn!(broker = %self.label, "cannot subscribe {filter}: {e}");
-            }
-        }
+        self.sync_subscriptions();
         id
     }
 
-    /// Ends the routes of `ids`; a filter no route uses any more is
-    /// unsubscribed.
+    /// Ends the routes of `ids`, unsubscribing what no route needs any more.
     pub fn remove(&self, ids: &[u64]) {
-        let mut gone = Vec::new();
-        self.routes.borrow_mut().retain(|route| {
-            let keep = !ids.contains(&route.id);
-            if !keep {
-                gone.push(route.filter.clone());
-            }
-            keep
-        });
-        gone.sort();
-        gone.dedup();
-        for filter in gone {
-            let used = self.routes.borrow().iter().any(|route| route.filter == filter);
-            if !used && self.is_connected() {
-                let _ = self.client.try_unsubscribe(filter);
+        self.routes.borrow_mut().retain(|route| !ids.contains(&route.id));
+        self.sync_subscriptions();
+    }
+
+    /// Subscribes the covering set of the routes' filters and unsubscribes
+    /// what fell out of it. While disconnected the next connect does it.
+    fn sync_subscriptions(&self) {
+        if !self.is_connected() {
+            return;
+        }
+        let wanted = covering(
+            self.routes
+                .borrow()
+                .iter()
+                .map(|route| (route.filter.as_str(), route.qos)),
+        );
+        let mut subscribed = self.subscribed.borrow_mut();
+        for (filter, qos) in &wanted {
+            if !subscribed.iter().any(|(f, q)| f == filter && q >= qos) {
+                if let Err(e) = self.client.try_subscribe(filter.as_str(), *qos) {
+                    warn!(broker = %self.label, "cannot subscribe {filter}: {e}");
+                }
             }
         }
+        for (filter, _) in subscribed.iter() {
+            if !wanted.iter().any(|(f, _)| f == filter) {
+                let _ = self.client.try_unsubscribe(filter.as_str());
+            }
+        }
+        *subscribed = wanted;
     }
 
     /// Hands a message to the connection without waiting; refused while it
@@ -180,24 +192,41 @@ impl Broker {
         }
     }
 
+    /// After a connect: the session may be new, so everything is subscribed.
     fn subscribe_all(&self) {
-        let mut filters: Vec<(String, QoS)> = Vec::new();
-        for route in self.routes.borrow().iter() {
-            match filters.iter_mut().find(|(filter, _)| *filter == route.filter) {
-                Some((_, qos)) => {
-                    if route.qos > *qos {
-                        *qos = route.qos;
-                    }
-                }
-                None => filters.push((route.filter.clone(), route.qos)),
-            }
-        }
-        for (filter, qos) in filters {
-            if let Err(e) = self.client.try_subscribe(&filter, qos) {
-                warn!(broker = %self.label, "cannot subscribe {filter}: {e}");
-            }
+        self.subscribed.borrow_mut().clear();
+        self.sync_subscriptions();
+    }
+}
+
+/// The filters (each with the highest QoS among those it covers) that no
+/// other filter of `filters` covers: subscribing these alone hears every
+/// filter's messages exactly once.
+fn covering<'a>(filters: impl Iterator<Item = (&'a str, QoS)>) -> Vec<(String, QoS)> {
+    let mut all: Vec<(&str, QoS)> = Vec::new();
+    for (filter, qos) in filters {
+        match all.iter_mut().find(|(f, _)| *f == filter) {
+            Some((_, known)) if qos > *known => *known = qos,
+            Some(_) => {}
+            None => all.push((filter, qos)),
         }
     }
+    let mut kept: Vec<(String, QoS)> = Vec::new();
+    for (filter, _) in &all {
+        if all
+            .iter()
+            .any(|(other, _)| other != filter && topic::covers(other, filter))
+        {
+            continue;
+        }
+        let qos = all
+            .iter()
+            .filter(|(other, _)| topic::covers(filter, other))
+            .map(|(_, qos)| *qos)
+            .fold(QoS::AtMostOnce, |a, b| if b > a { b } else { a });
+        kept.push(((*filter).to_owned(), qos));
+    }
+    kept
 }
 
 impl Drop for Broker {

@@ -25,9 +25,11 @@
 //! A **command** has `topic` and `payload` (templates of `{body}`,
 //! `{header}`, `{endpoint}`, `{device}`, `{task}`; the payload defaults to
 //! `{body}`), `qos` (1) and `retain` (false), and optionally `response`:
-//! `topic` (a filter), `correlation` (a JSON pointer into the response
-//! whose value must be the command's task id, which the payload can carry
-//! with `{task}`) and `pointer` (the reply is that value of the response).
+//! `topic` (a template too: only a message on the topic the command fills
+//! in answers it; a wildcard in it needs `correlation`), `correlation` (a
+//! JSON pointer into the response whose value must be the command's task
+//! id, which the payload can carry with `{task}`) and `pointer` (the reply
+//! is that value of the response).
 //! Without `response` the reply is empty once the message is handed to the
 //! connection; with it, the reply is the response, or an error when none
 //! comes within the device's `command_timeout_ms`. While the broker is not
@@ -154,7 +156,7 @@ fn default_command_qos() -> u8 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseSettings {
-    pub topic: String,
+    pub topic: Template<CommandField>,
     #[serde(default)]
     pub correlation: Option<String>,
     #[serde(default)]
@@ -207,6 +209,9 @@ type Waiting = RefCell<VecDeque<Waiter>>;
 
 struct Waiter {
     task_id: String,
+    /// The response topic as the command filled it in, when that leaves no
+    /// wildcard: only a message on exactly this topic answers.
+    topic: Option<String>,
     answer: oneshot::Sender<Result<String, String>>,
 }
 
@@ -239,7 +244,18 @@ pub fn create(spec: &DeviceSpec) -> Result<MqttDevice, PluginError> {
         let key = |field: &str| format!("commands.{endpoint}.{field}");
         qos(publication.qos).map_err(|why| refuse(&key("qos"), why))?;
         if let Some(response) = &publication.response {
-            topic::check_filter(&response.topic).map_err(|why| refuse(&key("response.topic"), why))?;
+            let filter = response_filter(response);
+            topic::check_filter(&filter).map_err(|why| refuse(&key("response.topic"), why))?;
+            let literal = response.topic.render(|_| Cow::Borrowed(""));
+            if literal.contains(['+', '#']) && response.correlation.is_none() {
+                return Err(refuse(
+                    &key("response.topic"),
+                    format!(
+                        "`{filter}` has a wildcard, so one device's answer could answer another command: \
+                         name the topic with placeholders (zigbee2mqtt/{{body}}) or set `correlation`"
+                    ),
+                ));
+            }
             check_pointer(response.correlation.as_deref()).map_err(|why| refuse(&key("response.correlation"), why))?;
             check_pointer(response.pointer.as_deref()).map_err(|why| refuse(&key("response.pointer"), why))?;
         }
@@ -337,8 +353,9 @@ impl AsyncDevicePlugin for MqttDevice {
             };
             let queue: Rc<Waiting> = Rc::default();
             let waiters = queue.clone();
-            let handler = Box::new(move |incoming: &Incoming<'_>| answer_waiter(&waiters, &response, incoming.payload));
-            routes.push(broker.add(&response_topic(publication), QoS::AtLeastOnce, true, handler));
+            let filter = response_filter(&response);
+            let handler = Box::new(move |incoming: &Incoming<'_>| answer_waiter(&waiters, &response, incoming));
+            routes.push(broker.add(&filter, QoS::AtLeastOnce, true, handler));
             waiting.insert(endpoint.clone(), queue);
         }
         self.running = Some(Running {
@@ -378,8 +395,14 @@ impl AsyncDevicePlugin for MqttDevice {
             let answer = match running.waiting.get(&command.endpoint) {
                 Some(queue) => {
                     let (tx, rx) = oneshot::channel();
+                    let expected = publication
+                        .response
+                        .as_ref()
+                        .map(|response| response.topic.render(value))
+                        .filter(|topic| !topic.contains(['+', '#']));
                     queue.borrow_mut().push_back(Waiter {
                         task_id: command.task_id.clone(),
+                        topic: expected,
                         answer: tx,
                     });
                     Some((queue.clone(), rx))
@@ -401,7 +424,7 @@ impl AsyncDevicePlugin for MqttDevice {
             let response = publication
                 .response
                 .as_ref()
-                .map(|r| r.topic.as_str())
+                .map(|r| r.topic.render(value))
                 .unwrap_or_default();
             match tokio::time::timeout(self.command_timeout, rx).await {
                 Ok(Ok(Ok(body))) => Ok(Reply::body(body)),
@@ -426,22 +449,23 @@ impl AsyncDevicePlugin for MqttDevice {
     }
 }
 
-fn response_topic(publication: &Publication) -> String {
-    publication
-        .response
-        .as_ref()
-        .map(|r| r.topic.clone())
-        .unwrap_or_default()
+/// What to subscribe to hear a command's response: the topic with `+` for
+/// each placeholder.
+fn response_filter(response: &ResponseSettings) -> String {
+    response.topic.render(|_| Cow::Borrowed("+"))
 }
 
-/// Gives a response to the command it answers: the one whose task id is at
-/// the correlation pointer, or without one the oldest waiting.
-fn answer_waiter(queue: &Waiting, response: &ResponseSettings, payload: &[u8]) -> Delivery {
+/// Gives a response to the command it answers: among those waiting on this
+/// topic, the one whose task id is at the correlation pointer, or without
+/// one the oldest.
+fn answer_waiter(queue: &Waiting, response: &ResponseSettings, incoming: &Incoming<'_>) -> Delivery {
     let mut waiting = queue.borrow_mut();
+    let payload = incoming.payload;
+    let on_its_topic = |w: &Waiter| w.topic.as_deref().is_none_or(|topic| topic == incoming.topic);
     let at = match &response.correlation {
-        None => (!waiting.is_empty()).then_some(0),
+        None => waiting.iter().position(on_its_topic),
         Some(pointer) => match pick(payload, Some(pointer)) {
-            Ok(task_id) => waiting.iter().position(|w| w.task_id == task_id),
+            Ok(task_id) => waiting.iter().position(|w| w.task_id == task_id && on_its_topic(w)),
             Err(_) => None,
         },
     };
@@ -502,6 +526,10 @@ mod tests {
                 "`settings.commands.set.response.correlation`",
             ),
             (
+                json!({"broker": broker, "commands": {"get": {"topic": "a", "response": {"topic": "z/+"}}}}),
+                "`settings.commands.get.response.topic`: `z/+` has a wildcard",
+            ),
+            (
                 json!({"broker": {"host": "h", "password": "pw"}, "subscribe": [{"topic": "a"}]}),
                 "`settings.broker.user`: a password needs a user",
             ),
@@ -528,39 +556,47 @@ mod tests {
     }
 
     #[test]
-    fn a_response_goes_to_the_command_it_names_or_to_the_oldest() {
+    fn a_response_goes_to_the_command_it_names_or_to_the_oldest_on_its_topic() {
         let queue: Waiting = RefCell::default();
         let mut answers = Vec::new();
-        for task in ["t1", "t2"] {
+        for (task, topic) in [("t1", "z/lamp"), ("t2", "z/plug")] {
             let (tx, rx) = oneshot::channel();
             queue.borrow_mut().push_back(Waiter {
                 task_id: task.into(),
+                topic: Some(topic.into()),
                 answer: tx,
             });
             answers.push(rx);
         }
+        let on = |topic: &'static str, payload: &'static [u8]| Incoming {
+            topic,
+            payload,
+            wildcards: Vec::new(),
+        };
         let correlated = ResponseSettings {
-            topic: "r".into(),
+            topic: Template::parse("z/{body}").unwrap(),
             correlation: Some("/id".into()),
             pointer: Some("/state".into()),
         };
+        let answer = |settings: &ResponseSettings, incoming: Incoming<'_>| answer_waiter(&queue, settings, &incoming);
         assert_eq!(
-            answer_waiter(&queue, &correlated, br#"{"id": "t9", "state": "x"}"#),
+            answer(&correlated, on("z/plug", br#"{"id": "t9", "state": "x"}"#)),
             Delivery::Passed
         );
         assert_eq!(
-            answer_waiter(&queue, &correlated, br#"{"id": "t2", "state": "ON"}"#),
+            answer(&correlated, on("z/plug", br#"{"id": "t2", "state": "ON"}"#)),
             Delivery::Taken
         );
         assert_eq!(answers.pop().unwrap().try_recv().unwrap(), Ok("ON".to_owned()));
         let plain = ResponseSettings {
-            topic: "r".into(),
+            topic: Template::parse("z/{body}").unwrap(),
             correlation: None,
             pointer: None,
         };
-        assert_eq!(answer_waiter(&queue, &plain, b"done"), Delivery::Taken);
+        assert_eq!(answer(&plain, on("z/sensor", b"not for t1")), Delivery::Passed);
+        assert_eq!(answer(&plain, on("z/lamp", b"done")), Delivery::Taken);
         assert_eq!(answers.pop().unwrap().try_recv().unwrap(), Ok("done".to_owned()));
-        assert_eq!(answer_waiter(&queue, &plain, b"nobody waits"), Delivery::Passed);
+        assert_eq!(answer(&plain, on("z/lamp", b"nobody waits")), Delivery::Passed);
     }
 
     #[test]

@@ -57,6 +57,26 @@ pub fn matches<'t>(filter: &str, topic: &'t str) -> Option<Vec<&'t str>> {
     None
 }
 
+/// Whether every topic `inner` matches is matched by `outer` too.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    if inner.starts_with('$') && (outer.starts_with('+') || outer.starts_with('#')) {
+        return false;
+    }
+    let mut inner_levels = inner.split('/');
+    for level in outer.split('/') {
+        if level == "#" {
+            return true;
+        }
+        match inner_levels.next() {
+            Some("#") | None => return false,
+            Some(_) if level == "+" => {}
+            Some(other) if other == level => {}
+            Some(_) => return false,
+        }
+    }
+    inner_levels.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +102,27 @@ mod tests {
         for (filter, topic, want) in table {
             let got = matches(filter, topic);
             assert_eq!(got.as_deref(), *want, "{filter} ~ {topic}");
+        }
+    }
+
+    #[test]
+    fn a_filter_covers_what_it_always_matches_too() {
+        for (outer, inner, want) in [
+            ("a/#", "a/b", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "a/#", true),
+            ("#", "x/y/#", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/b/c", false),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b", true),
+            ("+/b", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b", false),
+        ] {
+            assert_eq!(covers(outer, inner), want, "{outer} covers {inner}");
         }
     }
 
