@@ -182,10 +182,7 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
             ));
             continue;
         }
-        settings.push((
-            place(&format!("devices[{index}].settings")),
-            DeviceSpec::from_config(device),
-        ));
+        settings.push((place(&format!("devices[{index}].settings")), DeviceSpec::from(device)));
     }
     problems.extend(check_settings(plugins.clone(), settings));
     problems

@@ -56,7 +56,7 @@ fn every_example_config_loads_and_each_device_fits_its_plugin() {
                 );
                 continue;
             }
-            let spec = DeviceSpec::from_config(device);
+            let spec = DeviceSpec::from(device);
             // Creating is where the settings are read; nothing starts yet.
             if let Err(e) = plugins.create(&spec) {
                 panic!("{}: {e}", path.display());
@@ -103,7 +103,7 @@ devices:
       interval_ms: 0
 ";
     let config = Config::from_yaml_str(text, "test.yaml").unwrap();
-    let spec = DeviceSpec::from_config(&config.devices[1]);
+    let spec = DeviceSpec::from(&config.devices[1]);
     let err = connector_plugins::builtin().create(&spec).err().unwrap().to_string();
     assert_eq!(
         err,
