@@ -2,8 +2,9 @@
 //! message model, the [`plugin::DevicePlugin`] trait and the C ABI between
 //! the runtime and plugin libraries. It depends on serde and serde_json only
 //! (no async runtime, no HTTP, no TLS), so a plugin library builds quickly
-//! and cross-compiles without a C toolchain. `connector-core` re-exports it;
-//! plugin authors use it through `connector-plugin-sdk`.
+//! and compiles for another target without a C cross-compiler.
+//! `connector-core` re-exports it; plugin authors use it through
+//! `connector-plugin-sdk`.
 //!
 //! # Layout
 //! - [`model`]: [`Device`] and [`Message`] (PROTOCOL.md section 4).

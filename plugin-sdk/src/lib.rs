@@ -55,8 +55,9 @@
 //!
 //! The SDK and [`connector_plugin_api`] under it depend on serde,
 //! serde_json and tracing only (no async runtime, HTTP or TLS), so a plugin
-//! library builds in well under a minute and cross-compiles (for a Raspberry
-//! Pi, say) without a C toolchain.
+//! library builds from scratch in well under a minute, and compiles for
+//! another target (a Raspberry Pi, say) without a C cross-compiler: only
+//! the final link needs the target's linker.
 //!
 //! # Layout
 //! - [`export_plugins!`]: the macro writing the library's declaration.
