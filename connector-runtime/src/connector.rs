@@ -491,17 +491,31 @@ fn open_outbox(
     Ok(OutboxHandle::new(outbox))
 }
 
+/// The built-in plugins (`echo`, `generator`, `sysmetrics`) every
+/// [`Connector::builder`] starts with.
+#[cfg(feature = "builtin-plugins")]
+pub fn builtin_plugins() -> PluginRegistry {
+    connector_plugins::builtin()
+}
+
+/// No plugins: this build is without the `builtin-plugins` feature.
+#[cfg(not(feature = "builtin-plugins"))]
+pub fn builtin_plugins() -> PluginRegistry {
+    PluginRegistry::new()
+}
+
 impl Connector {
-    /// A builder with the built-in plugins (`echo`, ...).
+    /// A builder with the [built-in plugins](builtin_plugins) (`echo`, ...),
+    /// if this build has them (feature `builtin-plugins`, on by default).
     pub fn builder(config: Config) -> ConnectorBuilder {
         ConnectorBuilder {
             config,
-            plugins: connector_plugins::builtin(),
+            plugins: builtin_plugins(),
             device_mailbox: crate::device::MAILBOX_CAPACITY,
         }
     }
 
-    /// Starts a connector with the built-in plugins.
+    /// Starts a connector with the [built-in plugins](builtin_plugins).
     pub async fn start(config: Config) -> Result<Connector, StartError> {
         Connector::builder(config).start().await
     }

@@ -14,12 +14,14 @@ use connector_core::config::Config;
 use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
-use connector_runtime::connector::{SettingsCheck, CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+use connector_runtime::connector::{builtin_plugins, SettingsCheck, CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
 use connector_runtime::loader;
 use connector_runtime::metrics::MetricsServer;
 use connector_runtime::Connector;
 use tracing::{error, info, warn};
 
+// Without the simulator, `demo` is a stand-in that only refuses to start.
+#[cfg_attr(not(feature = "embedded-platform"), path = "no_demo.rs")]
 mod demo;
 
 /// Every event is allocated on a plugin's thread and freed on the writer's;
@@ -56,7 +58,8 @@ struct Args {
 
     /// Start a platform simulator in this process on loopback, connect to it
     /// instead of the configured platform, and drive every device with demo
-    /// commands: the whole loop on a machine with no platform at all.
+    /// commands: the whole loop on a machine with no platform at all. Needs
+    /// the embedded-platform feature (on by default).
     #[arg(long)]
     embedded_platform: bool,
 
@@ -86,8 +89,23 @@ struct Args {
 /// Exit status for a configuration that does not check out.
 const EXIT_CONFIG: u8 = 2;
 
+/// Why `--embedded-platform` is refused by a production build.
+const NO_EMBEDDED_PLATFORM: &str = "this connector-runtime was built without the embedded-platform feature";
+
+/// Added to "no plugin named ..." by a build without the built-in plugins,
+/// so that a demo config's `plugin: echo` explains itself.
+const NO_BUILTIN_PLUGINS: &str = if cfg!(feature = "builtin-plugins") {
+    ""
+} else {
+    "; this connector-runtime was built without the builtin-plugins feature (echo, generator, sysmetrics)"
+};
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.embedded_platform && !cfg!(feature = "embedded-platform") {
+        eprintln!("error: --embedded-platform: {NO_EMBEDDED_PLATFORM}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -138,7 +156,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.platform.lookup_url = url.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
-    let mut plugins = connector_plugins::builtin();
+    let mut plugins = builtin_plugins();
     // Opens the libraries now, so --check refuses a missing or bad one; the
     // connector finds them already open later (once per process).
     let libraries = loader::register_libraries(&mut plugins, &config.plugins).map_err(|e| e.to_string())?;
@@ -173,12 +191,16 @@ fn check_files_and_plugins(args: &Args, config: &Config, plugins: &PluginRegistr
     for (index, device) in config.devices.iter().enumerate() {
         if !plugins.contains(&device.plugin) {
             let known: Vec<&str> = plugins.names().collect();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
             problems.push(format!(
-                "{}: device {:?}: no plugin named {:?} (known plugins: {})",
+                "{}: device {:?}: no plugin named {:?} (known plugins: {known}{NO_BUILTIN_PLUGINS})",
                 place(&format!("devices[{index}].plugin")),
                 device.id,
                 device.plugin,
-                known.join(", ")
             ));
             continue;
         }
