@@ -121,10 +121,10 @@ fn read_and_check(path: &Path) -> Result<(connector_core::config::Config, f64, f
         return Err(problem.to_string());
     }
     let t1 = Instant::now();
-    let plugins = connector_runtime::async_plugin::builtin_plugins();
+    let plugins = connector_runtime::connector::builtin_plugins();
     for device in &file.config().devices {
         plugins
-            .check_settings(&DeviceSpec::from_config(device))
+            .check_settings(&DeviceSpec::from(device))
             .map_err(|e| e.to_string())?;
     }
     let check_ms = t1.elapsed().as_secs_f64() * 1e3;

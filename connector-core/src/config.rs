@@ -60,7 +60,7 @@ pub const DEFAULT_BUFFER_MAX_FRAMES: usize = 100_000;
 pub const DEFAULT_BUFFER_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How long a device has to answer a command before the platform gets an
 /// error reply instead: 30 s.
-pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = crate::plugin::DEFAULT_COMMAND_TIMEOUT_MS;
 /// Most threads running plugin calls at once: this many devices may block
 /// at the same time before a further blocking call waits for a thread.
 pub const DEFAULT_PLUGIN_THREADS: usize = 64;
@@ -798,6 +798,19 @@ fn check_registration_path(path: &str) -> Result<(), String> {
         return Err(format!("`{path}` must be a plain path, without white space, ? or #"));
     }
     Ok(())
+}
+
+/// The spec of a device declared in `connector.yaml`, as its plugin is given it.
+impl From<&DeviceConfig> for crate::plugin::DeviceSpec {
+    fn from(config: &DeviceConfig) -> Self {
+        crate::plugin::DeviceSpec {
+            device: config.device(),
+            plugin: config.plugin.clone(),
+            settings: config.settings.clone(),
+            origin: config.line.map(|line| format!("declared at line {line}")),
+            command_timeout_ms: config.command_timeout_ms,
+        }
+    }
 }
 
 #[cfg(test)]

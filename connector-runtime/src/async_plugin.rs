@@ -65,8 +65,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use connector_core::plugin::{
-    AsyncDevicePlugin, DevicePlugin, DeviceSpec, EventSink, LocalFuture, PluginError, PluginFactory, PluginRegistry,
-    Reply, Responder,
+    AsyncDevicePlugin, DevicePlugin, DeviceSpec, EventSink, PluginError, PluginFactory, Reply, Responder,
 };
 use connector_core::Message;
 use futures_util::FutureExt;
@@ -129,31 +128,44 @@ where
     }
 }
 
-/// Every built-in plugin, blocking and async, under its config name: what a
-/// connector knows before a program adds its own or a config loads
-/// libraries.
-pub fn builtin_plugins() -> PluginRegistry {
-    let mut plugins = connector_plugins::builtin();
-    for (name, factory) in connector_plugins::builtin_async() {
-        plugins.register(name, async_factory(move |spec: &DeviceSpec| factory(spec).map(Boxed)));
+#[cfg(feature = "builtin-plugins")]
+pub(crate) use builtin::with_builtin_async;
+
+/// The built-in async plugins behind the adapter, when this build has them.
+#[cfg(feature = "builtin-plugins")]
+mod builtin {
+    use connector_core::plugin::{
+        AsyncDevicePlugin, DeviceSpec, EventSink, LocalFuture, PluginError, PluginRegistry, Reply,
+    };
+    use connector_core::Message;
+
+    use super::async_factory;
+
+    /// `plugins` with the built-in async plugins (`http`, `mqtt`) added behind
+    /// this adapter: the plugins crate declares them, but cannot adapt them
+    /// (the runtime depends on it).
+    pub(crate) fn with_builtin_async(mut plugins: PluginRegistry) -> PluginRegistry {
+        for (name, factory) in connector_plugins::builtin_async() {
+            plugins.register(name, async_factory(move |spec: &DeviceSpec| factory(spec).map(Boxed)));
+        }
+        plugins
     }
-    plugins
-}
 
-/// A boxed async plugin, as the built-in ones come.
-struct Boxed(Box<dyn AsyncDevicePlugin>);
+    /// A boxed async plugin, as the built-in ones come.
+    struct Boxed(Box<dyn AsyncDevicePlugin>);
 
-impl AsyncDevicePlugin for Boxed {
-    fn start(&mut self, events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
-        self.0.start(events)
-    }
+    impl AsyncDevicePlugin for Boxed {
+        fn start(&mut self, events: EventSink) -> LocalFuture<'_, Result<(), PluginError>> {
+            self.0.start(events)
+        }
 
-    fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>> {
-        self.0.command(command)
-    }
+        fn command<'a>(&'a mut self, command: &'a Message) -> LocalFuture<'a, Result<Reply, PluginError>> {
+            self.0.command(command)
+        }
 
-    fn stop(&mut self) -> LocalFuture<'_, ()> {
-        self.0.stop()
+        fn stop(&mut self) -> LocalFuture<'_, ()> {
+            self.0.stop()
+        }
     }
 }
 

@@ -177,7 +177,7 @@ impl Plan {
                 warn!(device_id = %id, error = %e, "reload: the device was not running");
             }
         }
-        let actor = |device: &DeviceConfig| DeviceActor::new(DeviceSpec::from_config(device), devices.clone());
+        let actor = |device: &DeviceConfig| DeviceActor::new(DeviceSpec::from(device), devices.clone());
         for device in &self.changed {
             // One step, so no command for the device finds its id missing.
             let replace = ReplaceDevice {
@@ -253,7 +253,7 @@ impl ConnectorBuilder {
         config.validate()?;
         // Libraries join the compiled-in plugins; each file is opened once per process.
         crate::loader::register_libraries(&mut plugins, &config.plugins)?;
-        let specs: Vec<DeviceSpec> = config.devices.iter().map(DeviceSpec::from_config).collect();
+        let specs: Vec<DeviceSpec> = config.devices.iter().map(DeviceSpec::from).collect();
         if let Some(unknown) = specs.iter().find_map(|spec| unknown_plugin(&plugins, spec)) {
             return Err(PluginError::new(unknown).into());
         }
@@ -497,17 +497,32 @@ fn open_outbox(
     Ok(OutboxHandle::new(outbox))
 }
 
+/// The built-in plugins (`echo`, `generator`, `sysmetrics`, `exec`, and the
+/// async `http` and `mqtt` behind the async adapter) every
+/// [`Connector::builder`] starts with.
+#[cfg(feature = "builtin-plugins")]
+pub fn builtin_plugins() -> PluginRegistry {
+    crate::async_plugin::with_builtin_async(connector_plugins::builtin())
+}
+
+/// No plugins: this build is without the `builtin-plugins` feature.
+#[cfg(not(feature = "builtin-plugins"))]
+pub fn builtin_plugins() -> PluginRegistry {
+    PluginRegistry::new()
+}
+
 impl Connector {
-    /// A builder with the built-in plugins (`echo`, ...).
+    /// A builder with the [built-in plugins](builtin_plugins) (`echo`, ...),
+    /// if this build has them (feature `builtin-plugins`, on by default).
     pub fn builder(config: Config) -> ConnectorBuilder {
         ConnectorBuilder {
             config,
-            plugins: crate::async_plugin::builtin_plugins(),
+            plugins: builtin_plugins(),
             device_mailbox: crate::device::MAILBOX_CAPACITY,
         }
     }
 
-    /// Starts a connector with the built-in plugins.
+    /// Starts a connector with the [built-in plugins](builtin_plugins).
     pub async fn start(config: Config) -> Result<Connector, StartError> {
         Connector::builder(config).start().await
     }
@@ -576,7 +591,7 @@ impl Connector {
         new.validate()?;
         reload::check_sections(old, &new)?;
         // On the plugin pool: plugin code never runs on the link's thread.
-        let specs = new.devices.iter().map(DeviceSpec::from_config).collect();
+        let specs = new.devices.iter().map(DeviceSpec::from).collect();
         let plugins = self.devices.plugins.clone();
         let check = SettingsCheck::new(
             specs,
@@ -611,7 +626,7 @@ impl Connector {
             .iter()
             .filter(|d| program.contains(&d.id))
             .map(|d| {
-                let spec = DeviceSpec::from_config(d);
+                let spec = DeviceSpec::from(*d);
                 format!(
                     "device {:?}{}: the id is taken by a device the program registered",
                     d.id,

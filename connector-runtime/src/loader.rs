@@ -135,7 +135,7 @@ pub enum LoadError {
     #[error("plugin library {}: built for target {found}, but this runtime is {}", path.display(), abi::BUILD_TARGET)]
     Target { path: PathBuf, found: String },
     #[error(
-        "plugin library {}: built against connector-core {found}, which is not compatible with this runtime's {}",
+        "plugin library {}: built against connector-plugin-api {found}, which is not compatible with this runtime's {}",
         path.display(),
         abi::API_VERSION
     )]
@@ -943,7 +943,7 @@ mod tests {
         );
         let err = inspect_static(&API).unwrap_err().to_string();
         assert!(
-            err.contains("built against connector-core 7.0.0, which is not compatible"),
+            err.contains("built against connector-plugin-api 7.0.0, which is not compatible"),
             "{err}"
         );
     }

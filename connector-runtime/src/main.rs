@@ -14,12 +14,14 @@ use connector_core::config::{check_lookup_url, Config, ConfigFile, Problem};
 use connector_core::logging::{self, LogFormat, LogLevel};
 use connector_core::plugin::{DeviceSpec, PluginRegistry};
 use connector_core::tls::TlsSettings;
-use connector_runtime::connector::{SettingsCheck, CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
+use connector_runtime::connector::{builtin_plugins, SettingsCheck, CHECK_TIMEOUT, DEFAULT_FLUSH_TIMEOUT};
 use connector_runtime::loader;
 use connector_runtime::metrics::MetricsServer;
 use connector_runtime::Connector;
 use tracing::{error, info, warn};
 
+// Without the simulator, `demo` is a stand-in that only refuses to start.
+#[cfg_attr(not(feature = "embedded-platform"), path = "no_demo.rs")]
 mod demo;
 
 /// Every event is allocated on a plugin's thread and freed on the writer's;
@@ -56,7 +58,8 @@ struct Args {
 
     /// Start a platform simulator in this process on loopback, connect to it
     /// instead of the configured platform, and drive every device with demo
-    /// commands: the whole loop on a machine with no platform at all.
+    /// commands: the whole loop on a machine with no platform at all. Needs
+    /// the embedded-platform feature (on by default).
     #[arg(long)]
     embedded_platform: bool,
 
@@ -92,8 +95,23 @@ struct Args {
 /// Exit status for a configuration that does not check out.
 const EXIT_CONFIG: u8 = 2;
 
+/// Why `--embedded-platform` is refused by a production build.
+const NO_EMBEDDED_PLATFORM: &str = "this connector-runtime was built without the embedded-platform feature";
+
+/// Added to "no plugin named ..." by a build without the built-in plugins,
+/// so that a demo config's `plugin: echo` explains itself.
+const NO_BUILTIN_PLUGINS: &str = if cfg!(feature = "builtin-plugins") {
+    ""
+} else {
+    "; this connector-runtime was built without the builtin-plugins feature (echo, generator, sysmetrics, http, mqtt, exec)"
+};
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.embedded_platform && !cfg!(feature = "embedded-platform") {
+        eprintln!("error: --embedded-platform: {NO_EMBEDDED_PLATFORM}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -162,7 +180,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
             problems.push(e.to_string());
         }
     }
-    let mut plugins = connector_runtime::async_plugin::builtin_plugins();
+    let mut plugins = builtin_plugins();
     // Opens the libraries now, so --check refuses a missing or bad one; the
     // connector finds them already open later (once per process). A library
     // that does not load is reported; the others still register.
@@ -199,17 +217,20 @@ fn check_files_and_plugins(
     for (index, device) in config.devices.iter().enumerate() {
         if !plugins.contains(&device.plugin) {
             let known: Vec<&str> = plugins.names().collect();
-            let message = format!(
-                "device {:?}: no plugin named {:?} (known plugins: {})",
-                device.id,
-                device.plugin,
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
                 known.join(", ")
+            };
+            let message = format!(
+                "device {:?}: no plugin named {:?} (known plugins: {known}{NO_BUILTIN_PLUGINS})",
+                device.id, device.plugin,
             );
             in_file.push(file.device_problem(index, "plugin", message));
             continue;
         }
         let label = file.device_problem(index, "settings", format!("device {:?}", device.id));
-        settings.push((index, label.to_string(), DeviceSpec::from_config(device)));
+        settings.push((index, label.to_string(), DeviceSpec::from(device)));
     }
     for problem in check_settings(plugins.clone(), settings) {
         match problem {

@@ -369,7 +369,7 @@ async fn a_factory_refusing_its_settings_is_reported_like_any_plugins() {
     let mut registry = connector_core::plugin::PluginRegistry::new();
     registry.register("rest", async_factory(rest_factory(created.clone())));
     let bad = config_for(&sim, refused);
-    let spec = DeviceSpec::from_config(&bad.devices[0]);
+    let spec = DeviceSpec::from(&bad.devices[0]);
     let error = registry.check_settings(&spec).unwrap_err().to_string();
     assert!(
         error.contains("device \"bad-1\"") && error.contains("unknown field `url`"),

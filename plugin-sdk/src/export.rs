@@ -20,11 +20,11 @@ use std::mem::{offset_of, size_of, MaybeUninit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use connector_core::abi::{
+use connector_plugin_api::abi::{
     self, AbiOut, AbiStr, CreateFn, DeclarationHeader, HostApi, PluginDeclaration, PluginFunctions, ReplyFn, Status,
 };
-use connector_core::plugin::{CommandResult, DevicePlugin, DeviceSpec, PluginError, Responder};
-use connector_core::Message;
+use connector_plugin_api::plugin::{CommandResult, DevicePlugin, DeviceSpec, PluginError, Responder};
+use connector_plugin_api::Message;
 
 use crate::host::{event_sink, panic_text, remember_host, Current, Gate, HostFns, Level, Link};
 

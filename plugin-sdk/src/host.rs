@@ -19,8 +19,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use connector_core::abi::{self, AbiStr, EmitFn, LogFn, ReplyFn, ReportFailureFn};
-use connector_core::plugin::{EmitError, EventSink};
+use connector_plugin_api::abi::{self, AbiStr, EmitFn, LogFn, ReplyFn, ReportFailureFn};
+use connector_plugin_api::plugin::{EmitError, EventSink};
 
 /// The host's functions, checked to be all there when the first instance is
 /// created; `reply` is missing in a host built before deferred replies.

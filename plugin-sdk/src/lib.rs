@@ -45,7 +45,7 @@
 //! [`Responder`] it gets, from any thread, also after the device stopped; the
 //! next command comes as soon as `command_deferred` returns. In a library,
 //! the answer travels to the runtime with the command's token (see
-//! [`connector_core::abi`]); a runtime too old for that drives the plugin
+//! [`abi`]); a runtime too old for that drives the plugin
 //! through `command`, so a plugin meant for old runtimes implements both.
 //!
 //! A plugin library must be built with `panic = "unwind"` (the default): the
@@ -53,22 +53,28 @@
 //! the whole connector. Build it with the same toolchain as the runtime
 //! where you can; the runtime warns when the compilers differ.
 //!
+//! The SDK and [`connector_plugin_api`] under it depend on serde,
+//! serde_json and tracing only (no async runtime, HTTP or TLS), so a plugin
+//! library builds from scratch in well under a minute, and compiles for
+//! another target (a Raspberry Pi, say) without a C cross-compiler: only
+//! the final link needs the target's linker.
+//!
 //! # Layout
 //! - [`export_plugins!`]: the macro writing the library's declaration.
 //! - `export`: the `extern "C"` functions behind it, which catch every panic
-//!   so none unwinds into the host (see [`connector_core::abi`]).
+//!   so none unwinds into the host (see [`abi`]).
 //! - `host`: the runtime's side as the plugin sees it: the [`EventSink`]
 //!   over the host's functions, [`log`] and [`spawn_worker`].
 
 mod export;
 mod host;
 
-pub use connector_core;
-pub use connector_core::abi;
-pub use connector_core::plugin::{
+pub use connector_plugin_api;
+pub use connector_plugin_api::abi;
+pub use connector_plugin_api::plugin::{
     CommandResult, DevicePlugin, DeviceSpec, EmitError, EventSink, PluginError, Reply, Responder,
 };
-pub use connector_core::Message;
+pub use connector_plugin_api::{Device, Message};
 pub use host::{log, spawn_worker, Level};
 
 /// What the macro expands to; not part of the API.
@@ -82,7 +88,7 @@ pub mod __private {
 /// (the same function you would register with a compiled-in runtime).
 ///
 /// Writes the library's one exported declaration (see
-/// [`connector_core::abi`]); use it once per library, at the crate root.
+/// [`abi`]); use it once per library, at the crate root.
 #[macro_export]
 macro_rules! export_plugins {
     ($($name:literal => $factory:expr),+ $(,)?) => {

@@ -47,7 +47,7 @@ fn every_example_config_loads_and_each_device_fits_its_plugin() {
         for device in &config.devices {
             if let Some((_, create)) = async_plugins.iter().find(|(name, _)| *name == device.plugin) {
                 // An async plugin's factory reads the settings as the sync ones do.
-                if let Err(e) = create(&DeviceSpec::from_config(device)) {
+                if let Err(e) = create(&DeviceSpec::from(device)) {
                     panic!("{}: {e}", path.display());
                 }
                 continue;
@@ -64,7 +64,7 @@ fn every_example_config_loads_and_each_device_fits_its_plugin() {
                 );
                 continue;
             }
-            let spec = DeviceSpec::from_config(device);
+            let spec = DeviceSpec::from(device);
             // Creating is where the settings are read; nothing starts yet.
             if let Err(e) = plugins.create(&spec) {
                 panic!("{}: {e}", path.display());
@@ -112,7 +112,7 @@ devices:
       interval_ms: 0
 ";
     let config = Config::from_yaml_str(text, "test.yaml").unwrap();
-    let spec = DeviceSpec::from_config(&config.devices[1]);
+    let spec = DeviceSpec::from(&config.devices[1]);
     let err = connector_plugins::builtin().create(&spec).err().unwrap().to_string();
     assert_eq!(
         err,

@@ -8,8 +8,8 @@
 //! # Example
 //!
 //! ```
-//! use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, Reply};
-//! use connector_core::Message;
+//! use connector_plugin_api::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, Reply};
+//! use connector_plugin_api::Message;
 //! use serde::Deserialize;
 //!
 //! /// Settings of one thermostat, read from the device's `settings:` in the config.
@@ -135,8 +135,13 @@ pub struct DeviceSpec {
     pub command_timeout_ms: u64,
 }
 
+/// How long a device has to answer a command before the platform gets an
+/// error reply instead: 30 s. The default of `command_timeout_ms` in
+/// `connector.yaml` too.
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
 fn default_command_timeout_ms() -> u64 {
-    crate::config::DEFAULT_COMMAND_TIMEOUT_MS
+    DEFAULT_COMMAND_TIMEOUT_MS
 }
 
 impl DeviceSpec {
@@ -172,17 +177,6 @@ impl DeviceSpec {
     /// [`command_timeout_ms`](Self::command_timeout_ms) as a duration.
     pub fn command_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.command_timeout_ms)
-    }
-
-    /// The spec of a device declared in `connector.yaml`.
-    pub fn from_config(config: &crate::config::DeviceConfig) -> Self {
-        DeviceSpec {
-            device: config.device(),
-            plugin: config.plugin.clone(),
-            settings: config.settings.clone(),
-            origin: config.line.map(|line| format!("declared at line {line}")),
-            command_timeout_ms: config.command_timeout_ms,
-        }
     }
 
     /// Deserializes `settings` into the plugin's own type. A mismatch names the

@@ -1,9 +1,9 @@
 //! Records the compiler and target this build uses, for the plugin ABI's
-//! declaration (`connector_core::abi::BUILD_RUSTC` / `BUILD_TARGET`).
+//! declaration (`connector_plugin_api::abi::BUILD_RUSTC` / `BUILD_TARGET`).
 //!
 //! One cargo build uses one rustc for every crate in its graph, so the value
 //! recorded here is also the compiler of any plugin library or host built
-//! against this copy of connector-core.
+//! against this copy of connector-plugin-api.
 
 use std::process::Command;
 
