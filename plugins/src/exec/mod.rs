@@ -65,7 +65,7 @@ use connector_core::plugin::{DevicePlugin, DeviceSpec, EventSink, PluginError, R
 use connector_core::Message;
 use serde::Deserialize;
 
-use crate::settings::above_zero;
+use crate::settings::{above_zero, refusal};
 use events::EventsProgram;
 pub use events::{parse_line, LineEvent, MAX_LINE_BYTES};
 use run::Outcome;
@@ -152,10 +152,7 @@ pub struct Exec {
 /// and every program must be found.
 pub fn create(spec: &DeviceSpec) -> Result<Box<dyn DevicePlugin>, PluginError> {
     let settings: Settings = spec.settings()?;
-    let refuse = |key: &str, why: String| {
-        let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-        PluginError::new(format!("device {:?}{origin}: `settings.{key}`: {why}", spec.id()))
-    };
+    let refuse = |key: &str, why: String| refusal(spec, key, why);
     if settings.command.is_none() && settings.commands.is_empty() && settings.events.is_none() {
         return Err(refuse(
             "command",

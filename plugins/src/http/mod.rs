@@ -47,7 +47,7 @@ use connector_core::Message;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::settings::above_zero;
+use crate::settings::{above_zero, check_pointer, pointed, refusal};
 use crate::template::{CommandField as Field, Template};
 
 pub const NAME: &str = "http";
@@ -164,10 +164,7 @@ pub struct HttpDevice {
 /// secret named by `*_env` be set.
 pub fn create(spec: &DeviceSpec) -> Result<HttpDevice, PluginError> {
     let settings: Settings = spec.settings()?;
-    let refuse = |key: &str, why: String| {
-        let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-        PluginError::new(format!("device {:?}{origin}: `settings.{key}`: {why}", spec.id()))
-    };
+    let refuse = |key: &str, why: String| refusal(spec, key, why);
     if settings.poll.is_empty() && settings.commands.is_empty() {
         return Err(refuse(
             "poll",
@@ -256,15 +253,6 @@ fn method(given: Option<&str>, has_body: bool) -> Result<String, String> {
         _ => Err(format!(
             "`{method}` is not one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
         )),
-    }
-}
-
-fn check_pointer(pointer: Option<&str>) -> Result<(), String> {
-    match pointer {
-        Some(pointer) if !pointer.is_empty() && !pointer.starts_with('/') => Err(format!(
-            "`{pointer}` is not a JSON pointer; it starts with `/`, like /apower or /status/0/temp"
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -367,21 +355,10 @@ fn answer(response: &Response, method: &str, url: &str, pointer: Option<&str>) -
             response.status
         )));
     }
-    let Some(pointer) = pointer.filter(|p| !p.is_empty()) else {
-        return Ok(response.body.clone());
-    };
-    let json: serde_json::Value = serde_json::from_str(&response.body).map_err(|e| {
-        PluginError::new(format!(
-            "{method} {url}: the answer is not JSON ({e}), so `pointer` finds nothing"
-        ))
-    })?;
-    match json.pointer(pointer) {
-        Some(serde_json::Value::String(text)) => Ok(text.clone()),
-        Some(value) => Ok(value.to_string()),
-        None => Err(PluginError::new(format!(
-            "{method} {url}: the answer has nothing at {pointer}"
-        ))),
-    }
+    pointed(&response.body, pointer).map_err(|why| {
+        let pointer = pointer.unwrap_or_default();
+        PluginError::new(format!("{method} {url}: cannot take {pointer} from the answer: {why}"))
+    })
 }
 
 /// One poll of one device, every `interval_ms` until aborted by `stop`.

@@ -51,7 +51,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::settings::above_zero;
+use crate::settings::{above_zero, check_pointer, pointed, refusal};
 use crate::template::{CommandField, Placeholders, Template};
 use broker::{Broker, Delivery, Incoming};
 
@@ -220,10 +220,7 @@ struct Waiter {
 /// set. Nothing connects until the device starts.
 pub fn create(spec: &DeviceSpec) -> Result<MqttDevice, PluginError> {
     let settings: Settings = spec.settings()?;
-    let refuse = |key: &str, why: String| {
-        let origin = spec.origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
-        PluginError::new(format!("device {:?}{origin}: `settings.{key}`: {why}", spec.id()))
-    };
+    let refuse = |key: &str, why: String| refusal(spec, key, why);
     let broker = &settings.broker;
     if broker.host.is_empty() {
         return Err(refuse("broker.host", "must not be empty".to_owned()));
@@ -297,27 +294,9 @@ fn qos(level: u8) -> Result<QoS, String> {
     }
 }
 
-fn check_pointer(pointer: Option<&str>) -> Result<(), String> {
-    match pointer {
-        Some(pointer) if !pointer.is_empty() && !pointer.starts_with('/') => Err(format!(
-            "`{pointer}` is not a JSON pointer; it starts with `/`, like /state or /temperature"
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// `payload`'s value at `pointer` as text, or the whole payload.
 fn pick(payload: &[u8], pointer: Option<&str>) -> Result<String, String> {
-    let text = String::from_utf8_lossy(payload);
-    let Some(pointer) = pointer.filter(|p| !p.is_empty()) else {
-        return Ok(text.into_owned());
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON ({e})"))?;
-    match json.pointer(pointer) {
-        Some(serde_json::Value::String(text)) => Ok(text.clone()),
-        Some(value) => Ok(value.to_string()),
-        None => Err(format!("nothing at {pointer}")),
-    }
+    pointed(&String::from_utf8_lossy(payload), pointer)
 }
 
 impl AsyncDevicePlugin for MqttDevice {
