@@ -148,12 +148,7 @@ pub fn child(devices: usize, lookup: String) {
         rss_before_kib,
     };
     println!("{}", serde_json::to_string(&read).expect("serializes"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        let _ = tx.send(());
-    });
+    let rx = harness::next_stdin_line();
     actix_rt::System::new().block_on(async move {
         println!("start");
         let _ = std::io::stdout().flush();

@@ -180,6 +180,18 @@ impl Drop for ChildRun {
     }
 }
 
+/// Resolves when the parent says its next line on this child's stdin: the
+/// line is read on a thread of its own, so an actix system can await it.
+pub fn next_stdin_line() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    rx
+}
+
 /// This process's resident memory (`VmRSS`), in KiB.
 pub fn rss_kib() -> u64 {
     proc_field("/proc/self/status", "VmRSS:").unwrap_or(0)

@@ -67,12 +67,7 @@ pub fn child(devices: usize, lookup: String) {
     // Before the config: its 100,000 entries are part of what a start costs.
     let rss_before_kib = harness::rss_kib();
     let config = harness::config(lookup, harness::devices(devices, "s", "echo"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        let _ = tx.send(());
-    });
+    let rx = harness::next_stdin_line();
     actix_rt::System::new().block_on(async move {
         println!("start");
         let _ = std::io::stdout().flush();

@@ -18,16 +18,7 @@ fn workspace() -> PathBuf {
 fn check(dir: &Path, name: &str, yaml: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
     std::fs::write(&path, yaml).unwrap();
-    let output = util::runtime_binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    util::check_file(&path, &[])
 }
 
 /// (file name, its text, what stderr must hold). `{file}` stands for the
@@ -242,14 +233,8 @@ devices:
       interval_ms: 0
 ";
     std::fs::write(&path, yaml).unwrap();
-    let output = util::runtime_binary()
-        .arg("--config")
-        .arg(&path)
-        .args(["--lookup-url", "ftp://y", "--check"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = util::check_file(&path, &["--lookup-url", "ftp://y"]);
+    assert_eq!(code, Some(2), "{stderr}");
     let file = path.display().to_string();
     let want = [
         format!("{file}:1:12: log_level: unknown log level `loud`"),

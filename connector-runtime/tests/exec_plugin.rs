@@ -177,14 +177,8 @@ fn a_missing_program_is_named_by_check_with_its_line() {
         "devices:\n  - id: ghost\n    plugin: exec\n    settings:\n      command: [no-such-program-anywhere]\n",
     )
     .unwrap();
-    let output = runtime_binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = check_file(&path, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("connector.yaml:5:16: devices[0].settings.command: device \"ghost\"")
             && stderr.contains("program `no-such-program-anywhere` not found on PATH"),

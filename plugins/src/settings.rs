@@ -73,3 +73,13 @@ pub fn pointed(text: &str, pointer: Option<&str>) -> Result<String, String> {
         None => Err(format!("nothing at {pointer}")),
     }
 }
+
+/// For the plugins' tests: why `create` refuses `spec`; a panic naming the
+/// settings if it takes them.
+#[cfg(test)]
+pub(crate) fn refused<T>(create: impl Fn(&DeviceSpec) -> Result<T, PluginError>, spec: &DeviceSpec) -> String {
+    match create(spec) {
+        Ok(_) => panic!("accepted: {}", spec.settings),
+        Err(e) => e.to_string(),
+    }
+}

@@ -115,6 +115,22 @@ pub fn platform_sim_binary() -> &'static Path {
     })
 }
 
+/// `connector-runtime --config <path> --check` with `flags` before it: the
+/// exit code and what it wrote to stderr.
+pub fn check_file(path: &std::path::Path, flags: &[&str]) -> (Option<i32>, String) {
+    let output = runtime_binary()
+        .arg("--config")
+        .arg(path)
+        .args(flags)
+        .arg("--check")
+        .output()
+        .expect("the runtime binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub const ECHO_DEVICES: &str = "  - { id: lamp-1, type: lamp, name: Lamp, plugin: echo }\n  - { id: plug-2, type: plug, name: Plug, plugin: echo }\n";
 
 /// Polls `check` until it returns `Some`, or panics naming `what` at the deadline.

@@ -468,10 +468,7 @@ mod tests {
     }
 
     fn refusal(settings: serde_json::Value) -> String {
-        match create(&spec(settings.clone())) {
-            Ok(_) => panic!("accepted: {settings}"),
-            Err(e) => e.to_string(),
-        }
+        crate::settings::refused(create, &spec(settings))
     }
 
     #[test]
